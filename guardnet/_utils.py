@@ -1,0 +1,83 @@
+"""Small internal helpers shared by the guard, calibration and the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["eval_mode", "iter_image_batches", "module_device"]
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode for the duration, then restore each one's own mode.
+
+    Restoring per submodule (not ``module.train(previous)``) keeps mixed states intact, e.g. a
+    classifier a user is fine-tuning while the guard is queried between steps.
+    """
+    training = [m for m in module.modules() if m.training]
+    for m in training:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
+def module_device(module: nn.Module) -> torch.device | None:
+    """The device of the first parameter or buffer, ``None`` for a stateless module."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return None
+
+
+def iter_image_batches(data: Tensor | Iterable, *, batch_size: int) -> Iterator[Tensor]:
+    """Yield image batches from a tensor or from an iterable of batches.
+
+    An iterable may yield tensors, or tuples/lists/dicts whose first element (or ``"images"``/
+    ``"pixel_values"`` key) holds the images, as DataLoaders over labelled datasets do.
+    """
+    if isinstance(data, Tensor):
+        if data.ndim == 3:
+            raise ValueError(
+                f"expected a batch (N, C, H, W), got shape {tuple(data.shape)}; use "
+                "x.unsqueeze(0) for a single image"
+            )
+        yield from data.split(batch_size)
+        return
+    for batch in data:
+        if isinstance(batch, Tensor):
+            yield batch
+        elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+            yield batch[0]
+        elif isinstance(batch, dict):
+            for key in ("images", "pixel_values", "image"):
+                if key in batch:
+                    yield batch[key]
+                    break
+            else:
+                raise ValueError(
+                    f"cannot find images in a batch dict with keys {sorted(batch)}; use "
+                    "'images' or 'pixel_values'"
+                )
+        else:
+            raise ValueError(
+                "calibration data must be a tensor or an iterable of tensors / (images, labels) "
+                f"batches, got a batch of type {type(batch).__name__}"
+            )
+
+
+def num_batches(data: Tensor | Iterable, *, batch_size: int) -> int | None:
+    """How many batches :func:`iter_image_batches` will yield, when it can be known."""
+    if isinstance(data, Tensor):
+        return -(-data.shape[0] // batch_size)
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return None

@@ -1,0 +1,584 @@
+"""``GuardedModel``: a classifier wrapped in an ordered pipeline of defense layers."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from guardnet._utils import eval_mode, module_device
+from guardnet.errors import NotCalibratedError
+from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
+from guardnet.validation import check_images, check_logits, check_same_device
+
+if TYPE_CHECKING:
+    from guardnet.calibration import CalibrationReport
+
+__all__ = ["GuardAttackView", "GuardResult", "GuardedModel", "Normalize"]
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, with mean and std held in buffers.
+
+    Args:
+        mean: per-channel means (length C).
+        std: per-channel standard deviations (length C), all > 0.
+
+    Shape:
+        - Input: (B, C, H, W)
+        - Output: (B, C, H, W)
+
+    Example:
+        >>> norm = Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        >>> norm(torch.full((1, 3, 2, 2), 0.75))[0, :, 0, 0]
+        tensor([1., 1., 1.])
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean_t.shape != std_t.shape or mean_t.numel() == 0:
+            raise ValueError(
+                f"mean and std need one value per channel, got {mean_t.numel()} and {std_t.numel()}"
+            )
+        if not bool((std_t > 0).all()):
+            raise ValueError(f"std must be > 0, got {std_t.tolist()}")
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+
+    @property
+    def channels(self) -> int:
+        return self.mean.shape[1]
+
+    def forward(self, images: Tensor) -> Tensor:
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+@dataclass
+class GuardResult:
+    """What :class:`GuardedModel` returns for a batch.
+
+    Attributes:
+        labels: (B,) final labels (after any ``reform`` layer).
+        rejected: (B,) ``True`` where any layer rejected the input.
+        logits: (B, K) final logits.
+        classifier_labels: (B,) the bare classifier's labels.
+        scores: per layer, (B,) scores; NaN where the layer did not run (cascade).
+        layer_rejected: per layer, (B,) reject masks.
+        computed: per layer, (B,) ``True`` where the layer ran.
+    """
+
+    labels: Tensor
+    rejected: Tensor
+    logits: Tensor
+    classifier_labels: Tensor
+    scores: dict[str, Tensor] = field(default_factory=dict)
+    layer_rejected: dict[str, Tensor] = field(default_factory=dict)
+    computed: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def accepted(self) -> Tensor:
+        """(B,) ``True`` where no layer rejected the input."""
+        return ~self.rejected
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.scores)
+
+    def rejected_by(self) -> Tensor:
+        """(B,) index into :attr:`layer_names` of the first layer that rejected, -1 for none."""
+        if not self.layer_rejected:
+            return torch.full_like(self.labels, -1)
+        masks = torch.stack(list(self.layer_rejected.values()), dim=1)
+        first = masks.to(torch.uint8).argmax(dim=1)
+        return torch.where(masks.any(dim=1), first, torch.full_like(first, -1))
+
+    def to(self, device: torch.device | str) -> GuardResult:
+        def move(d: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.to(device) for k, v in d.items()}
+
+        return GuardResult(
+            labels=self.labels.to(device),
+            rejected=self.rejected.to(device),
+            logits=self.logits.to(device),
+            classifier_labels=self.classifier_labels.to(device),
+            scores=move(self.scores),
+            layer_rejected=move(self.layer_rejected),
+            computed=move(self.computed),
+        )
+
+    @staticmethod
+    def cat(results: Sequence[GuardResult]) -> GuardResult:
+        """Concatenate results of consecutive chunks along the batch."""
+        if not results:
+            raise ValueError("nothing to concatenate")
+        first = results[0]
+
+        def cat_dict(key: str) -> dict[str, Tensor]:
+            return {
+                name: torch.cat([getattr(r, key)[name] for r in results])
+                for name in getattr(first, key)
+            }
+
+        return GuardResult(
+            labels=torch.cat([r.labels for r in results]),
+            rejected=torch.cat([r.rejected for r in results]),
+            logits=torch.cat([r.logits for r in results]),
+            classifier_labels=torch.cat([r.classifier_labels for r in results]),
+            scores=cat_dict("scores"),
+            layer_rejected=cat_dict("layer_rejected"),
+            computed=cat_dict("computed"),
+        )
+
+    def summary(self) -> str:
+        """A short human-readable account: counts per layer and overall."""
+        n = len(self)
+        lines = [f"{n} inputs, {int(self.rejected.sum())} rejected"]
+        for name, mask in self.layer_rejected.items():
+            ran = int(self.computed[name].sum())
+            lines.append(f"  {name:<12} ran on {ran:>6}, rejected {int(mask.sum()):>6}")
+        return "\n".join(lines)
+
+
+def _unique_names(layers: Iterable[Layer]) -> dict[str, Layer]:
+    named: dict[str, Layer] = {}
+    for layer in layers:
+        base = layer.default_name
+        name, i = base, 1
+        while name in named:
+            i += 1
+            name = f"{base}_{i}"
+        named[name] = layer
+    return named
+
+
+class GuardedModel(nn.Module):
+    """A classifier guarded by an ordered list of defense layers.
+
+    The guard validates the input, runs the ``pre`` layers, the classifier, then the other layers
+    in order, and returns a :class:`GuardResult`: labels, a reject mask, and every layer's scores
+    and decisions. Classifier and layers always run in eval mode and without autograd (``probe``
+    layers get autograd inside); the caller's own modes are restored afterwards.
+
+    Args:
+        classifier: any ``nn.Module`` mapping images to (B, K) logits.
+        layers: the defense layers, in pipeline order (``pre`` layers first); a mapping gives
+            them names, otherwise each takes its ``default_name``.
+        mean: per-channel mean the classifier expects its input normalised with. Give ``mean`` and
+            ``std`` when the classifier takes normalised images; leave both ``None`` when it takes
+            [0, 1] images (e.g. normalisation is its first module). Layers always see [0, 1].
+        std: per-channel standard deviation, see ``mean``.
+        num_classes: the classifier's class count; checked against its logits and the layers.
+            Taken from the layers when ``None`` and a layer declares one.
+        in_channels: the channel count inputs must have (``None``: any).
+        cascade: skip later layers for inputs an earlier layer already rejected; their scores are
+            NaN and ``computed`` is ``False``. The final reject mask is the same either way.
+        max_batch_size: split larger batches into chunks of this size to bound memory.
+        validate_inputs: check dtype, shape, NaN/Inf and the [0, 1] range of every input (one
+            host sync per call).
+
+    Example:
+        >>> from guardnet import GuardedModel, SAECLayer
+        >>> classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+        >>> guard = GuardedModel(classifier, [SAECLayer()], num_classes=10)
+        >>> report = guard.calibrate(torch.rand(200, 3, 32, 32), target_fpr=0.05, progress=False)
+        >>> result = guard(torch.rand(4, 3, 32, 32))
+        >>> result.labels.shape, result.rejected.dtype
+        (torch.Size([4]), torch.bool)
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        layers: Sequence[Layer] | Mapping[str, Layer] | nn.ModuleDict = (),
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+        cascade: bool = False,
+        max_batch_size: int | None = None,
+        validate_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(classifier, nn.Module):
+            raise TypeError(f"classifier must be an nn.Module, got {type(classifier).__name__}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        if isinstance(layers, (Mapping, nn.ModuleDict)):
+            named = dict(layers.items())
+        else:
+            layers = list(layers)
+            for i, layer in enumerate(layers):
+                if not isinstance(layer, Layer):
+                    raise TypeError(
+                        f"layer {i} must be a guardnet Layer, got {type(layer).__name__}"
+                    )
+            named = _unique_names(layers)
+        for name, layer in named.items():
+            if not isinstance(layer, Layer):
+                raise TypeError(
+                    f"layer {name!r} must be a guardnet Layer, got {type(layer).__name__}"
+                )
+        kinds = [layer.kind for layer in named.values()]
+        first_non_pre = next((i for i, k in enumerate(kinds) if k is not LayerKind.PRE), None)
+        if first_non_pre is not None and LayerKind.PRE in kinds[first_non_pre:]:
+            order = ", ".join(f"{n} ({k.value})" for n, k in zip(named, kinds, strict=True))
+            raise ValueError(
+                f"'pre' layers see the input before the classifier and must come first; got {order}"
+            )
+        declared = {n: layer.num_classes for n, layer in named.items() if layer.num_classes}
+        for name, count in declared.items():
+            if num_classes is None:
+                num_classes = count
+            elif count != num_classes:
+                raise ValueError(
+                    f"layer {name!r} was built for {count} classes but the guard has {num_classes}"
+                )
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+
+        self.classifier = classifier
+        self.normalize: nn.Module = nn.Identity() if mean is None else Normalize(mean, std)  # type: ignore[arg-type]
+        if isinstance(self.normalize, Normalize):
+            if in_channels is not None and in_channels != self.normalize.channels:
+                raise ValueError(
+                    f"mean/std have {self.normalize.channels} channels but in_channels is "
+                    f"{in_channels}"
+                )
+            in_channels = self.normalize.channels
+        self.layers = nn.ModuleDict(named)
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.cascade = cascade
+        self.max_batch_size = max_batch_size
+        self.validate_inputs = validate_inputs
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def rejecting_layers(self) -> dict[str, Layer]:
+        """The layers that own a threshold, by name."""
+        return {n: layer for n, layer in self.layers.items() if layer.rejects}  # type: ignore[misc]
+
+    def classify(self, images: Tensor) -> Tensor:
+        """The bare classifier on [0, 1] images (normalisation applied), with no checks."""
+        return self.classifier(self.normalize(images))
+
+    def _check_input(self, images: Tensor, *, check_values: bool) -> None:
+        check_images(images, channels=self.in_channels, check_values=check_values)
+        check_same_device(images, module_device(self), what="guard")
+
+    def _check_calibrated(self) -> None:
+        rejecting = self.rejecting_layers
+        if not rejecting:
+            return
+        missing = torch.stack([layer.threshold for layer in rejecting.values()]).isnan().tolist()
+        names = [n for n, m in zip(rejecting, missing, strict=True) if m]
+        if names:
+            raise NotCalibratedError(
+                f"layer(s) {names} have no threshold: call guard.calibrate(clean_val_images) or "
+                "load calibrated weights (use guard.compute_scores(x) for raw scores)"
+            )
+
+    def _call_layer(self, layer: Layer, inputs: LayerInput, *, grad: bool) -> LayerOutput:
+        if layer.kind is LayerKind.PROBE:
+            # Probe layers query the classifier with gradients even inside no_grad or
+            # inference_mode; inference tensors must be cloned outside inference mode first.
+            with torch.inference_mode(False), torch.enable_grad():
+                cloned = LayerInput(
+                    images=inputs.images.clone(),
+                    logits=None if inputs.logits is None else inputs.logits.clone(),
+                    labels=None if inputs.labels is None else inputs.labels.clone(),
+                    classifier=inputs.classifier,
+                )
+                out = layer(cloned)
+            return LayerOutput(
+                scores=out.scores.detach(),
+                images=None if out.images is None else out.images.detach(),
+                logits=None if out.logits is None else out.logits.detach(),
+                labels=out.labels,
+            )
+        if grad and not layer.differentiable:
+            with torch.no_grad():
+                return layer(inputs)
+        return layer(inputs)
+
+    def _pipeline(
+        self, images: Tensor, *, cascade: bool, grad: bool, apply_thresholds: bool = True
+    ) -> GuardResult:
+        """Run layers and classifier on one (already validated) chunk."""
+        batch = images.shape[0]
+        inputs = LayerInput(images=images)
+        classifier_labels: Tensor | None = None
+        scores: dict[str, Tensor] = {}
+        rejected_by_layer: dict[str, Tensor] = {}
+        computed: dict[str, Tensor] = {}
+        rejected = torch.zeros(batch, dtype=torch.bool, device=images.device)
+
+        def run_classifier(current: LayerInput) -> LayerInput:
+            logits = check_logits(
+                self.classify(current.images), batch_size=batch, num_classes=self.num_classes
+            )
+            return LayerInput(
+                images=current.images,
+                logits=logits,
+                labels=logits.argmax(dim=1),
+                classifier=self.classify,
+            )
+
+        for name, layer in self.layers.items():
+            if layer.kind is not LayerKind.PRE and inputs.logits is None:
+                inputs = run_classifier(inputs)
+                classifier_labels = inputs.labels
+            index: Tensor | None = None
+            if cascade and rejected.any():  # one host sync per layer, not per sample
+                index = (~rejected).nonzero().squeeze(1)
+            if index is not None and index.numel() == 0:
+                scores[name] = images.new_full((batch,), float("nan"))
+                computed[name] = torch.zeros_like(rejected)
+                rejected_by_layer[name] = torch.zeros_like(rejected)
+                continue
+            sub_inputs = inputs if index is None else inputs.select(index)
+            out = self._call_layer(layer, sub_inputs, grad=grad)  # type: ignore[arg-type]
+            layer_scores = out.scores
+            if layer_scores.shape != (sub_inputs.batch_size,):
+                raise RuntimeError(
+                    f"layer {name!r} returned scores of shape {tuple(layer_scores.shape)}, "
+                    f"expected ({sub_inputs.batch_size},)"
+                )
+            if index is None:
+                computed[name] = torch.ones_like(rejected)
+            else:
+                full = images.new_full((batch,), float("nan"), dtype=layer_scores.dtype)
+                layer_scores = full.index_copy(0, index, layer_scores)
+                computed[name] = torch.zeros_like(rejected).index_fill(0, index, True)
+            scores[name] = layer_scores
+            layer_mask = (
+                layer.reject(layer_scores)  # type: ignore[operator]
+                if apply_thresholds
+                else torch.zeros_like(rejected)
+            )
+            rejected_by_layer[name] = layer_mask
+            rejected = rejected | layer_mask
+            if layer.kind is LayerKind.REFORM:
+                inputs = self._apply_reform(name, inputs, out, index)
+
+        if inputs.logits is None:
+            inputs = run_classifier(inputs)
+            classifier_labels = inputs.labels
+        assert inputs.logits is not None and inputs.labels is not None
+        assert classifier_labels is not None
+        return GuardResult(
+            labels=inputs.labels,
+            rejected=rejected,
+            logits=inputs.logits,
+            classifier_labels=classifier_labels,
+            scores=scores,
+            layer_rejected=rejected_by_layer,
+            computed=computed,
+        )
+
+    @staticmethod
+    def _apply_reform(
+        name: str, inputs: LayerInput, out: LayerOutput, index: Tensor | None
+    ) -> LayerInput:
+        def merge(old: Tensor | None, new: Tensor | None) -> Tensor | None:
+            if new is None:
+                return old
+            if old is not None and new.shape[1:] != old.shape[1:]:
+                raise RuntimeError(
+                    f"reform layer {name!r} returned shape {tuple(new.shape)}, incompatible "
+                    f"with {tuple(old.shape)}"
+                )
+            if index is None:
+                return new
+            assert old is not None
+            return old.index_copy(0, index, new.to(old.dtype))
+
+        labels = out.labels
+        if labels is None and out.logits is not None:
+            labels = out.logits.argmax(dim=1)
+        return LayerInput(
+            images=merge(inputs.images, out.images),  # type: ignore[arg-type]
+            logits=merge(inputs.logits, out.logits),
+            labels=merge(inputs.labels, labels),
+            classifier=inputs.classifier,
+        )
+
+    def _empty_result(self, images: Tensor) -> GuardResult:
+        empty_bool = torch.zeros(0, dtype=torch.bool, device=images.device)
+        names = list(self.layers)
+        return GuardResult(
+            labels=torch.zeros(0, dtype=torch.long, device=images.device),
+            rejected=empty_bool,
+            logits=images.new_zeros(0, self.num_classes or 0),
+            classifier_labels=torch.zeros(0, dtype=torch.long, device=images.device),
+            scores={n: images.new_zeros(0) for n in names},
+            layer_rejected={n: empty_bool for n in names},
+            computed={n: empty_bool for n in names},
+        )
+
+    def _chunks(self, images: Tensor) -> list[Tensor]:
+        if self.max_batch_size is None or images.shape[0] <= self.max_batch_size:
+            return [images]
+        return list(images.split(self.max_batch_size))
+
+    # ------------------------------------------------------------------ public API
+    def forward(self, images: Tensor) -> GuardResult:
+        """Classify and screen a batch.
+
+        Args:
+            images: (B, C, H, W) float images in [0, 1], on the guard's device.
+
+        Returns:
+            A :class:`GuardResult`.
+
+        Raises:
+            InputShapeError, InputDTypeError, InputValueError, InputRangeError: bad input.
+            DeviceMismatchError: input and guard on different devices.
+            NotCalibratedError: a rejecting layer has no threshold.
+        """
+        self._check_input(images, check_values=self.validate_inputs)
+        self._check_calibrated()
+        if images.shape[0] == 0:
+            return self._empty_result(images)
+        with eval_mode(self), torch.no_grad():
+            results = [
+                self._pipeline(chunk, cascade=self.cascade, grad=False)
+                for chunk in self._chunks(images)
+            ]
+        return results[0] if len(results) == 1 else GuardResult.cat(results)
+
+    def compute_scores(self, images: Tensor) -> dict[str, Tensor]:
+        """Every layer's scores for every input (no thresholds, no cascade).
+
+        Works before calibration; :meth:`calibrate` is built on it.
+        """
+        self._check_input(images, check_values=self.validate_inputs)
+        if images.shape[0] == 0:
+            return {n: images.new_zeros(0) for n in self.layers}
+        with eval_mode(self), torch.no_grad():
+            results = [
+                self._pipeline(chunk, cascade=False, grad=False, apply_thresholds=False)
+                for chunk in self._chunks(images)
+            ]
+        return {n: torch.cat([r.scores[n] for r in results]) for n in self.layers}
+
+    def calibrate(
+        self,
+        clean_data: Tensor | Iterable,
+        target_fpr: float = 0.05,
+        *,
+        mode: str = "joint",
+        budget: Mapping[str, float] | None = None,
+        batch_size: int = 256,
+        progress: bool = True,
+    ) -> CalibrationReport:
+        """Set every rejecting layer's threshold from clean validation images.
+
+        Args:
+            clean_data: clean *validation* images, (N, C, H, W) in [0, 1], or an iterable of
+                batches (a DataLoader yielding images or (images, labels)). Batches are moved to
+                the guard's device.
+            target_fpr: the false-positive rate to aim for, in [0, 1).
+            mode: ``"joint"``: the whole guard rejects ``target_fpr`` of the clean data, the
+                budget split across layers; ``"per_layer"``: every layer rejects ``target_fpr``
+                on its own (the guard's total rate is then higher).
+            budget: joint mode only: relative share of the budget per layer name (default
+                equal).
+            batch_size: batch size when ``clean_data`` is a tensor.
+            progress: show a progress bar.
+
+        Returns:
+            A :class:`~guardnet.calibration.CalibrationReport` with the achieved rates.
+        """
+        from guardnet.calibration import calibrate_guard
+
+        return calibrate_guard(
+            self,
+            clean_data,
+            target_fpr=target_fpr,
+            mode=mode,
+            budget=budget,
+            batch_size=batch_size,
+            progress=progress,
+        )
+
+    def attack_view(self) -> GuardAttackView:
+        """An ``nn.Module`` with K+1 logits so attack libraries can attack classifier and guard.
+
+        See :class:`GuardAttackView`.
+        """
+        self._check_calibrated()
+        return GuardAttackView(self)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, cascade={self.cascade}, "
+            f"max_batch_size={self.max_batch_size}"
+        )
+
+
+class GuardAttackView(nn.Module):
+    """Classifier and guard as one differentiable model with K+1 outputs.
+
+    Outputs ``[z_1 .. z_K, z_reject]`` with ``z_reject = max_k z_k + max_l m_l``, where ``m_l`` is
+    layer ``l``'s margin (signed distance to its threshold in units of its clean score scale, > 0
+    when it rejects). So ``argmax == K`` exactly when the guard rejects, and an attack that wants
+    to fool classifier *and* guard must push every margin below 0 and the true class below
+    another one — the standard construction for attacking a detector and a classifier together.
+
+    Gradients flow through the classifier and through layers with ``differentiable = True``.
+    Non-differentiable layers (e.g. SAEC's histogram, A2D's attack counts) still decide the
+    argmax exactly but contribute no gradient; attacks that need them use straight-through or
+    BPDA estimates (``guardnet.eval``).
+
+    The view runs in eval mode and ignores the cascade. It is an attack surface, not a faster
+    guard: it checks shapes but not the [0, 1] range, since attacks keep inputs in range
+    themselves.
+    """
+
+    def __init__(self, guard: GuardedModel) -> None:
+        super().__init__()
+        self.guard = guard
+        if not any(layer.differentiable for layer in guard.rejecting_layers.values()):
+            warnings.warn(
+                "no rejecting layer of this guard is differentiable: gradients of the reject "
+                "logit come from the classifier only",
+                stacklevel=3,
+            )
+
+    @property
+    def num_classes(self) -> int | None:
+        k = self.guard.num_classes
+        return None if k is None else k + 1
+
+    def forward(self, images: Tensor) -> Tensor:
+        guard = self.guard
+        guard._check_input(images, check_values=False)
+        with eval_mode(guard):
+            result = guard._pipeline(images, cascade=False, grad=True)
+        logits = result.logits
+        rejecting = guard.rejecting_layers
+        if not rejecting:
+            reject = logits.new_full((logits.shape[0], 1), float("-inf"))
+        else:
+            margins = torch.stack(
+                [layer.margin(result.scores[name]) for name, layer in rejecting.items()], dim=1
+            )
+            reject = logits.amax(dim=1, keepdim=True) + margins.amax(dim=1, keepdim=True)
+        return torch.cat([logits, reject.to(logits.dtype)], dim=1)

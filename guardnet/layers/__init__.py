@@ -1,0 +1,6 @@
+"""Defense layers and the protocol they share."""
+
+from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
+from guardnet.layers.saec import SAECLayer, saec_score
+
+__all__ = ["Layer", "LayerInput", "LayerKind", "LayerOutput", "SAECLayer", "saec_score"]

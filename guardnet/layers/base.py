@@ -1,0 +1,156 @@
+"""The layer protocol every guardnet defense implements.
+
+A layer is an ``nn.Module`` that turns a :class:`LayerInput` (the current images, and, after the
+classifier has run, its logits and labels plus a handle to call it) into a :class:`LayerOutput`
+(one score per image, and for ``reform`` layers optionally new images, logits or labels).
+
+The :class:`LayerKind` says where in the pipeline the guard runs the layer and what it may see:
+
+========  =====================================  =================================  ==============
+kind      runs                                    sees                               example
+========  =====================================  =================================  ==============
+pre       before the classifier                   the images only                    SAEC
+post      after the classifier                    images + predicted labels          ContraNet
+probe     after the classifier, autograd enabled  images + labels + the classifier   A2D
+reform    after the classifier                    everything; may replace images,    DeT
+                                                  logits and labels
+========  =====================================  =================================  ==============
+
+A layer that rejects (``rejects = True``) owns a threshold held in a buffer, so ``state_dict`` and
+``save_pretrained`` keep it, and knows which side of it is suspicious
+(``higher_is_suspicious``). Thresholds are set by :meth:`guardnet.GuardedModel.calibrate` from
+clean validation data.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Layer", "LayerInput", "LayerKind", "LayerOutput"]
+
+
+class LayerKind(str, enum.Enum):
+    """Where a layer sits in the guard's pipeline (see the module docstring)."""
+
+    PRE = "pre"
+    POST = "post"
+    PROBE = "probe"
+    REFORM = "reform"
+
+
+@dataclass(frozen=True)
+class LayerInput:
+    """What a layer sees.
+
+    Attributes:
+        images: (B, C, H, W) images in [0, 1] (after any earlier ``reform`` layer).
+        logits: (B, K) classifier logits, ``None`` for ``pre`` layers.
+        labels: (B,) predicted labels, ``None`` for ``pre`` layers.
+        classifier: callable taking [0, 1] images and returning logits (normalisation included);
+            ``None`` for ``pre`` layers.
+    """
+
+    images: Tensor
+    logits: Tensor | None = None
+    labels: Tensor | None = None
+    classifier: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+    def select(self, index: Tensor) -> LayerInput:
+        """The same input restricted to the samples at ``index`` (a 1-D long tensor)."""
+        return replace(
+            self,
+            images=self.images.index_select(0, index),
+            logits=None if self.logits is None else self.logits.index_select(0, index),
+            labels=None if self.labels is None else self.labels.index_select(0, index),
+        )
+
+
+@dataclass(frozen=True)
+class LayerOutput:
+    """What a layer returns.
+
+    Attributes:
+        scores: (B,) float scores; which side is suspicious is the layer's
+            ``higher_is_suspicious``.
+        images: ``reform`` layers only: purified images that later layers see.
+        logits: ``reform`` layers only: logits that replace the classifier's.
+        labels: ``reform`` layers only: corrected labels (default: ``logits.argmax(1)`` when
+            logits are given).
+    """
+
+    scores: Tensor
+    images: Tensor | None = None
+    logits: Tensor | None = None
+    labels: Tensor | None = None
+
+
+class Layer(nn.Module):
+    """Base class of guardnet's defense layers.
+
+    Subclasses set the class attributes and implement :meth:`forward`. They never need to deal
+    with train/eval mode, gradients or rejected samples: the guard handles those.
+
+    Class attributes:
+        kind: the :class:`LayerKind`.
+        higher_is_suspicious: ``True`` when a high score means adversarial.
+        rejects: ``False`` for layers that only correct labels and have no threshold.
+        differentiable: ``True`` when the score is differentiable w.r.t. the images, so gradient
+            attacks through :meth:`guardnet.GuardedModel.attack_view` see it.
+        default_name: the name a guard gives the layer unless told otherwise.
+    """
+
+    kind: ClassVar[LayerKind]
+    higher_is_suspicious: ClassVar[bool] = True
+    rejects: ClassVar[bool] = True
+    differentiable: ClassVar[bool] = False
+    default_name: ClassVar[str] = "layer"
+    #: Classes the layer was built for (``None``: any). The guard checks it against the
+    #: classifier.
+    num_classes: int | None = None
+
+    threshold: Tensor
+    score_scale: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        if not isinstance(getattr(type(self), "kind", None), LayerKind):
+            raise TypeError(f"{type(self).__name__} must set the class attribute `kind`")
+        # NaN = not calibrated. Buffers, so state_dict() and .to(device) carry them.
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        # Typical size of a clean score deviation; normalises margins in the attack view.
+        self.register_buffer("score_scale", torch.tensor(1.0))
+
+    def forward(self, inputs: LayerInput) -> LayerOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reject(self, scores: Tensor) -> Tensor:
+        """Boolean (B,) mask of scores on the suspicious side of the threshold.
+
+        NaN scores (not computed) are never rejected.
+        """
+        if not self.rejects:
+            return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        return scores > self.threshold if self.higher_is_suspicious else scores < self.threshold
+
+    def margin(self, scores: Tensor) -> Tensor:
+        """Signed distance to the threshold in units of ``score_scale``; > 0 means rejected."""
+        signed = scores - self.threshold if self.higher_is_suspicious else self.threshold - scores
+        return signed / self.score_scale
+
+    def set_threshold(self, threshold: float | Tensor, *, score_scale: float | None = None) -> None:
+        """Set the threshold by hand (normally :meth:`GuardedModel.calibrate` does it)."""
+        self.threshold.fill_(float(threshold))
+        if score_scale is not None:
+            if not score_scale > 0:
+                raise ValueError(f"score_scale must be > 0, got {score_scale}")
+            self.score_scale.fill_(float(score_scale))
