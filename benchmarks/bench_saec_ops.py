@@ -1,11 +1,12 @@
 """Throughput of the batched SAEC kernels against a per-image loop.
 
-The SAEC score of an image is the variance of the normalized histogram of the SRM "KV" residual
-of its pseudo-saturation map. This script times
+The SAEC score of an image is the variance of the normalized histogram of the SRM residuals of
+its pseudo-saturation map (averaged over the filter bank). This script times, with the shipped
+``SAECLayer`` defaults unless told otherwise,
 
-(a) the batched pipeline ``pseudo_saturation_map -> highpass_filter("kv") -> batched_histogram
-    -> histogram_variance`` on one batch, and
-(b) a reference that loops over the images and uses ``torch.histc`` per image,
+(a) the batched pipeline ``pseudo_saturation_map -> highpass_filter(bank) -> batched_histogram
+    -> histogram_variance`` on one batch (this is ``SAECLayer.score_images``), and
+(b) a reference that loops over the images and uses ``torch.histc`` per image and kernel,
 
 checks that both give the same scores, and prints images/second and the speed-up.
 
@@ -23,32 +24,37 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.benchmark import Timer
 
+from guardnet.layers.saec import DEFAULT_KERNELS, SAECLayer
 from guardnet.ops import (
     batched_histogram,
     highpass_filter,
     histogram_variance,
     pseudo_saturation_map,
-    srm_kernel,
 )
 
 
-def batched_scores(images: Tensor, bins: int, value_range: tuple[float, float]) -> Tensor:
-    residual = highpass_filter(pseudo_saturation_map(images), "kv")
-    return histogram_variance(batched_histogram(residual, bins=bins, value_range=value_range))
+def batched_scores(
+    images: Tensor, bins: int, value_range: tuple[float, float], kernels: tuple[str, ...]
+) -> Tensor:
+    layer = SAECLayer(kernels=kernels, bins=bins, value_range=value_range, reduction="mean")
+    return layer.to(images.device).score_images(images)
 
 
-def per_image_scores(images: Tensor, bins: int, value_range: tuple[float, float]) -> Tensor:
-    kv = srm_kernel("kv").to(images.device).view(1, 1, 5, 5)
+def per_image_scores(
+    images: Tensor, bins: int, value_range: tuple[float, float], kernels: tuple[str, ...]
+) -> Tensor:
     lo, hi = value_range
     scores = []
     for image in images:
-        residual = F.conv2d(pseudo_saturation_map(image.unsqueeze(0)), kv)
-        hist = torch.histc(residual, bins=bins, min=lo, max=hi) / residual.numel()
-        scores.append(hist.var(correction=0))
+        residual = highpass_filter(pseudo_saturation_map(image.unsqueeze(0)), list(kernels))[0]
+        per_kernel = [
+            (torch.histc(r, bins=bins, min=lo, max=hi) / r.numel()).var(correction=0)
+            for r in residual
+        ]
+        scores.append(torch.stack(per_kernel).mean())
     return torch.stack(scores)
 
 
@@ -65,8 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--size", type=int, default=32, help="image height and width")
     parser.add_argument("--channels", type=int, default=3)
-    parser.add_argument("--bins", type=int, default=64)
-    parser.add_argument("--value-range", type=float, nargs=2, default=(-1.0, 1.0))
+    parser.add_argument("--bins", type=int, default=256)
+    parser.add_argument("--value-range", type=float, nargs=2, default=(-0.01, 0.01))
+    parser.add_argument("--kernels", nargs="+", default=list(DEFAULT_KERNELS))
     parser.add_argument("--repeats", type=int, default=5, help="timing rounds per variant")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per round")
     parser.add_argument("--device", default="cpu")
@@ -81,31 +88,32 @@ def main(argv: list[str] | None = None) -> dict:
     shape = (args.batch, args.channels, args.size, args.size)
     images = torch.rand(shape, generator=gen).to(args.device)
     value_range = (float(args.value_range[0]), float(args.value_range[1]))
+    kernels = tuple(args.kernels)
 
     with torch.inference_mode():
-        batched = batched_scores(images, args.bins, value_range)
-        reference = per_image_scores(images, args.bins, value_range)
+        batched = batched_scores(images, args.bins, value_range, kernels)
+        reference = per_image_scores(images, args.bins, value_range, kernels)
         max_abs_diff = float((batched - reference).abs().max()) if args.batch else 0.0
 
         sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
 
         def run_batched() -> Tensor:
-            out = batched_scores(images, args.bins, value_range)
+            out = batched_scores(images, args.bins, value_range, kernels)
             sync()
             return out
 
         def run_reference() -> Tensor:
-            out = per_image_scores(images, args.bins, value_range)
+            out = per_image_scores(images, args.bins, value_range, kernels)
             sync()
             return out
 
         # Stage timings of the batched pipeline, for profiling.
         sat = pseudo_saturation_map(images)
-        residual = highpass_filter(sat, "kv")
+        residual = highpass_filter(sat, list(kernels))
         hist = batched_histogram(residual, bins=args.bins, value_range=value_range)
         stages = {
             "pseudo_saturation_map": (pseudo_saturation_map, (images,)),
-            "highpass_filter": (highpass_filter, (sat, "kv")),
+            "highpass_filter": (highpass_filter, (sat, list(kernels))),
             "batched_histogram": (
                 lambda r: batched_histogram(r, bins=args.bins, value_range=value_range),
                 (residual,),
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
             "channels": args.channels,
             "size": args.size,
             "bins": args.bins,
+            "kernels": list(kernels),
             "value_range": list(value_range),
             "repeats": args.repeats,
             "min_run_time": args.min_run_time,
@@ -151,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(
         f"SAEC ops, batch {args.batch} x {args.channels} x {args.size} x {args.size}, "
-        f"bins {args.bins} over {value_range}, {torch.get_num_threads()} threads, "
+        f"kernels {'+'.join(kernels)}, bins {args.bins} over {value_range}, "
+        f"{torch.get_num_threads()} threads, "
         f"device {images.device}, torch {torch.__version__}"
     )
     for name, seconds in stage_s.items():

@@ -25,6 +25,7 @@ from guardnet.errors import (
     WeightsError,
 )
 from guardnet.guard import GuardAttackView, GuardedModel, GuardResult, Normalize
+from guardnet.hub import from_pretrained, list_pretrained, load_pretrained, save_pretrained
 from guardnet.layers import Layer, LayerInput, LayerKind, LayerOutput, SAECLayer, saec_score
 
 __version__ = "0.1.0"
@@ -52,6 +53,10 @@ __all__ = [
     "SAECLayer",
     "WeightsError",
     "__version__",
+    "from_pretrained",
+    "list_pretrained",
+    "load_pretrained",
     "saec_score",
+    "save_pretrained",
     "threshold_at_fpr",
 ]

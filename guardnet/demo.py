@@ -7,19 +7,15 @@ test fixture (for the numbers) and a small MNIST classifier trained by
 
 from __future__ import annotations
 
-import json
 import time
-from importlib import resources
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from guardnet.data import dataset_info, load_fixture
-from guardnet.errors import WeightsError
 from guardnet.guard import GuardedModel, GuardResult, Normalize
+from guardnet.hub import load_pretrained
 from guardnet.layers import SAECLayer
-from guardnet.nets import MnistCNN
 
 __all__ = ["load_demo_classifier", "run_demo"]
 
@@ -29,18 +25,17 @@ _DEMO_WEIGHTS = "mnist-cnn"
 def load_demo_classifier() -> nn.Module:
     """The shipped MNIST classifier (MnistCNN, normalisation excluded: it takes normalised input).
 
-    Loaded from safetensors with strict key matching.
+    Loaded with ``load_pretrained("mnist-cnn")`` from the folder shipped in the package (offline),
+    safetensors with strict key matching.
+
+    Returns:
+        The MnistCNN in eval mode.
+
+    Raises:
+        WeightsError: The shipped weights are missing, damaged or do not match the architecture.
     """
-    folder = resources.files("guardnet") / "assets" / "weights" / _DEMO_WEIGHTS
-    config = json.loads((folder / "config.json").read_text())
-    model = MnistCNN(config["num_classes"])
-    try:
-        with resources.as_file(folder / "model.safetensors") as path:
-            state = load_file(str(path))
-    except Exception as exc:  # safetensors raises several types for damaged files
-        raise WeightsError(f"cannot read the demo weights in {folder}: {exc}") from exc
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    model, _ = load_pretrained(_DEMO_WEIGHTS)
+    return model
 
 
 def _pgd(classifier: nn.Module, images: Tensor, labels: Tensor, eps: float, seed: int) -> Tensor:

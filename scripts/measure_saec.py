@@ -115,17 +115,21 @@ def measure(dataset: str, args: argparse.Namespace) -> dict:
         adv = pgd(model, x_att, y_att, eps, args.steps, args.seed)
         with torch.no_grad():
             adv_acc = float((model(adv).argmax(1) == y_att).float().mean())
-        s = scores(adv)
-        rows.append(
-            {
-                "input": f"PGD-Linf {eps_label(dataset, eps)} ({args.steps} steps)",
-                "n": s.numel(),
-                "rejected": tpr_at_threshold(s, thr, higher_is_suspicious=False),
-                "auroc": auroc(clean[subset], s, higher_is_suspicious=False),
-                "classifier_acc_under_attack": adv_acc,
-                "attack_seconds": time.perf_counter() - start,
-            }
-        )
+        seconds = time.perf_counter() - start
+        for rounded in (False, True):
+            x = adv.mul(255).round().div(255) if rounded else adv
+            s = scores(x)
+            rows.append(
+                {
+                    "input": f"PGD-Linf {eps_label(dataset, eps)} ({args.steps} steps)"
+                    + (" (8-bit)" if rounded else ""),
+                    "n": s.numel(),
+                    "rejected": tpr_at_threshold(s, thr, higher_is_suspicious=False),
+                    "auroc": auroc(clean[subset], s, higher_is_suspicious=False),
+                    "classifier_acc_under_attack": adv_acc,
+                    "attack_seconds": seconds,
+                }
+            )
     paper_layer = SAECLayer()
     paper = paper_layer.calibrate_with_noise(train.images, amplitude=NOISE[kind][1], seed=args.seed)
     paper_thr = paper_layer.threshold

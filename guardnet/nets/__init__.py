@@ -1,5 +1,6 @@
 """Classifier architectures (weights and their metadata live apart, see ``guardnet.hub``)."""
 
+from guardnet.nets.resnet_cifar import CifarResNet, resnet20, resnet56
 from guardnet.nets.small import MnistCNN, SmallConvNet
 
-__all__ = ["MnistCNN", "SmallConvNet"]
+__all__ = ["CifarResNet", "MnistCNN", "SmallConvNet", "resnet20", "resnet56"]
