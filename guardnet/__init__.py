@@ -14,6 +14,7 @@ Example:
 from guardnet.calibration import CalibrationReport, LayerCalibration, threshold_at_fpr
 from guardnet.errors import (
     CalibrationError,
+    CheckpointError,
     DataNotFoundError,
     DeviceMismatchError,
     GuardnetError,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CalibrationError",
     "CalibrationReport",
+    "CheckpointError",
     "DataNotFoundError",
     "DeviceMismatchError",
     "GuardAttackView",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "CalibrationError",
+    "CheckpointError",
     "DataNotFoundError",
     "DatasetError",
     "DeviceMismatchError",
@@ -52,6 +53,10 @@ class NotCalibratedError(GuardnetError, RuntimeError):
 
 class CalibrationError(GuardnetError, ValueError):
     """Calibration data or options cannot produce thresholds."""
+
+
+class CheckpointError(GuardnetError, RuntimeError):
+    """A training checkpoint is missing, damaged, or belongs to a different run."""
 
 
 class WeightsError(GuardnetError, RuntimeError):

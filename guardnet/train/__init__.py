@@ -1,5 +1,19 @@
 """Training loops for classifiers and guard components."""
 
-from guardnet.train.classifier import evaluate_accuracy, fit_classifier
+from guardnet.train.classifier import (
+    TrainResult,
+    TrainSettings,
+    default_augmentation,
+    evaluate_accuracy,
+    fit_classifier,
+    train_classifier,
+)
 
-__all__ = ["evaluate_accuracy", "fit_classifier"]
+__all__ = [
+    "TrainResult",
+    "TrainSettings",
+    "default_augmentation",
+    "evaluate_accuracy",
+    "fit_classifier",
+    "train_classifier",
+]
