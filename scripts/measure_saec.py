@@ -60,7 +60,11 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, seed: in
 
 def speed(layer: SAECLayer, channels: int, size: int, batch: int = 256) -> float:
     x = torch.rand(batch, channels, size, size)
-    timer = benchmark.Timer(stmt="layer.score_images(x)", globals={"layer": layer, "x": x})
+    timer = benchmark.Timer(
+        stmt="layer.score_images(x)",
+        globals={"layer": layer, "x": x},
+        num_threads=torch.get_num_threads(),  # Timer's default is 1 thread
+    )
     measurement = timer.blocked_autorange(min_run_time=2.0)
     return batch / measurement.median
 

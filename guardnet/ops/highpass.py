@@ -169,14 +169,19 @@ def _correlate(x: Tensor, weight: Tensor, *, depthwise: bool) -> Tensor:
     if not depthwise or batch == 0:
         return F.conv2d(x, weight)
     # oneDNN runs a one-channel conv with few filters 5-30x slower on the CPU than its
-    # depthwise kernel, so fold (batch, kernel) pairs into the channels of a single image:
-    # (1, B*K, H, W) with groups=B*K. The copy of the input K times is cheap next to that.
+    # depthwise kernel, so fold the batch into the channels of a single image, (1, B, H, W)
+    # with groups=B, once per kernel. Per kernel beats folding (batch, kernel) pairs into
+    # B*K channels, which copies the input K times (measured 0.6 vs 2.4 ms for 3 kernels at
+    # batch 256, 32x32); K is a handful of kernels, never the batch.
     h, w = x.shape[-2:]
     kh, kw = weight.shape[-2:]
-    x = x.expand(batch, k, h, w).reshape(1, batch * k, h, w)
-    weight = weight.view(1, k, kh, kw).expand(batch, k, kh, kw).reshape(batch * k, 1, kh, kw)
-    out = F.conv2d(x, weight, groups=batch * k)
-    return out.view(batch, k, out.shape[-2], out.shape[-1])
+    folded = x.reshape(1, batch, h, w)
+    outs = [
+        F.conv2d(folded, weight[i : i + 1].expand(batch, 1, kh, kw), groups=batch) for i in range(k)
+    ]
+    out = outs[0] if k == 1 else torch.cat(outs, dim=0)
+    # (K, B, H', W') -> (B, K, H', W')
+    return out.view(k, batch, out.shape[-2], out.shape[-1]).transpose(0, 1)
 
 
 def highpass_filter(x: Tensor, kernels: KernelSpec = "kv", *, padding: str = "valid") -> Tensor:

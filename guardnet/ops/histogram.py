@@ -48,7 +48,8 @@ def batched_histogram(
 
     The ``bins`` bins are equally wide over ``[lo, hi]``; each bin is half-open except the last,
     which also holds ``hi`` (as in :func:`numpy.histogram`). Values outside ``[lo, hi]`` and NaN
-    are not counted. Bin indices come from ``floor((v - lo) * bins / (hi - lo))``, so a value
+    are not counted. Bin indices come from ``floor((v - lo) * bins / (hi - lo))`` (computed as
+    ``v * s + (1 - lo * s)``, one fused pass), so a value
     within rounding error of an interior edge may land on either side of it.
 
     With ``normalize=True`` the counts are divided by the total number of values per sample,
@@ -93,15 +94,15 @@ def batched_histogram(
     per_sample = math.prod(values.shape[1:])
     flat = values.reshape(batch, per_sample).to(work_dtype)
 
-    # Bin index as a float, then out-of-range / NaN values go to an extra "trash" bin ``bins``.
-    # The range test is done on the values themselves, not on the scaled index, so that
-    # rounding in the scaling cannot pull a value from just outside the range into it.
-    pos = (flat - lo).mul_(bins / (hi - lo)).clamp_max_(bins - 1)
-    inside = (flat >= lo).logical_and_(flat <= hi)
-    pos = torch.where(inside, pos, float(bins))
-    # Truncation is floor here (pos >= 0), and the per-sample offset makes one flat index space
-    # of batch * (bins + 1) counters.
-    stride = bins + 1
+    # Shifted bin index q = (v - lo) * bins / (hi - lo) + 1, so that after clamping to
+    # [0, bins + 1] and truncating, 0 collects everything below lo and bins + 1 everything
+    # above hi: two "trash" counters per sample and no select pass over the values (this op is
+    # memory-bound, bincount aside, so each pass counts). NaN goes to the low trash counter;
+    # v == hi is put in the last bin explicitly (numpy's closed last bin).
+    scale = bins / (hi - lo)
+    pos = flat.mul(scale).add_(1.0 - lo * scale).nan_to_num_(nan=0.0, posinf=bins + 1.0)
+    pos = pos.clamp_(0.0, bins + 1.0).masked_fill_(flat == hi, float(bins))
+    stride = bins + 2
     size = batch * stride
     # int32 indices halve the memory traffic of the int64 default and are accepted by bincount
     # and index_add_; int64 only when the counters would not fit.
@@ -110,7 +111,7 @@ def batched_histogram(
     index = pos.to(index_dtype).add_(offsets.unsqueeze_(1)).view(-1)
 
     counts = _bin_counts(index, size, use_bincount=index.device.type == "cpu")
-    hist = counts.view(batch, stride)[:, :bins]
+    hist = counts.view(batch, stride)[:, 1 : bins + 1]
     if normalize:
         # max(., 1) only matters for samples with no values at all: they give zeros, not NaN.
         return hist / max(per_sample, 1)
