@@ -79,6 +79,18 @@ BuilderT = TypeVar("BuilderT", bound=Callable[..., nn.Module])
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
 
 
+#: The "how to load" snippet every generated model card ends with.
+MODEL_CARD_USAGE: list[str] = [
+    "",
+    "```python",
+    "from guardnet.hub import from_pretrained",
+    "",
+    'model, config = from_pretrained("<this folder or org/repo>")',
+    "```",
+    "",
+]
+
+
 def register_architecture(name: str) -> Callable[[BuilderT], BuilderT]:
     """Register a module class or factory under ``name`` for :func:`build_model`.
 
@@ -289,15 +301,7 @@ def default_model_card(config: Mapping[str, Any], *, title: str) -> str:
     if metrics:
         lines += ["", "| metric | value |", "| --- | --- |"]
         lines += [f"| {key} | {value} |" for key, value in metrics.items()]
-    lines += [
-        "",
-        "```python",
-        "from guardnet.hub import from_pretrained",
-        "",
-        'model, config = from_pretrained("<this folder or org/repo>")',
-        "```",
-        "",
-    ]
+    lines += MODEL_CARD_USAGE
     return "\n".join(lines)
 
 

@@ -833,6 +833,8 @@ def _model_card(
     counts: Mapping[str, int],
     accuracy: Mapping[str, float],
 ) -> str:
+    from guardnet.hub import MODEL_CARD_USAGE
+
     training = config["training"]
     settings = training["settings"]
     display = config["dataset_display_name"]
@@ -900,15 +902,7 @@ def _model_card(
             f"| {record['epoch']} | {record['loss']:.4f} | {_percent(record['train_acc'])} | "
             f"{val} | {record['lr']:.2e} | {record['seconds']:.1f} |"
         )
-    lines += [
-        "",
-        "```python",
-        "from guardnet.hub import from_pretrained",
-        "",
-        'model, config = from_pretrained("<this folder or org/repo>")',
-        "```",
-        "",
-    ]
+    lines += MODEL_CARD_USAGE
     if training["init"]:
         lines += [
             f"Fine-tuned from `{training['init']}`; its licence terms apply. The initial model "
