@@ -628,6 +628,22 @@ register_pretrained(
     )
 )
 
+register_pretrained(
+    PretrainedEntry(
+        name="resnet20-cifar10jpeg-ft",
+        hub_id="guardnet/resnet20-cifar10jpeg-ft",
+        local_folder="resnet20-cifar10jpeg-ft",
+        dataset="cifar10",
+        architecture="resnet20",
+        metrics={"cifar10_jpeg_q75_test_accuracy": 0.8814, "cifar10_jpeg_q75_val_accuracy": 0.9328},
+        license="BSD-2-Clause",
+        description=(
+            "resnet20-cifar10-akamaster fine-tuned by guardnet on the CIFAR-10 (JPEG q75) train "
+            "split (8 epochs); BSD-2-Clause as the weights it starts from."
+        ),
+    )
+)
+
 
 def list_pretrained() -> list[PretrainedEntry]:
     """All registered pretrained models, sorted by name.
