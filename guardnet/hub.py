@@ -644,6 +644,25 @@ register_pretrained(
     )
 )
 
+register_pretrained(
+    PretrainedEntry(
+        name="resnet20-gtsrb",
+        hub_id="guardnet/resnet20-gtsrb",
+        local_folder="resnet20-gtsrb",
+        dataset="gtsrb",
+        architecture="resnet20",
+        metrics={
+            "gtsrb_32x32_test_accuracy": 0.988756927949327,
+            "gtsrb_32x32_val_accuracy": 0.9949874686716792,
+        },
+        license="Apache-2.0",
+        description=(
+            "CIFAR-style ResNet20 (option A) for the 43 GTSRB classes at 32x32, trained by "
+            "guardnet from scratch (15 epochs). GTSRB's research-use terms apply to the data."
+        ),
+    )
+)
+
 
 def list_pretrained() -> list[PretrainedEntry]:
     """All registered pretrained models, sorted by name.
