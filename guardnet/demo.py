@@ -7,6 +7,7 @@ test fixture (for the numbers) and a small MNIST classifier trained by
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -39,6 +40,8 @@ def load_demo_classifier() -> nn.Module:
 
 
 def _pgd(classifier: nn.Module, images: Tensor, labels: Tensor, eps: float, seed: int) -> Tensor:
+    # torchattacks imports torch.utils.cpp_extension, which warns about CUDA on CPU machines.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import torchattacks
 
     torch.manual_seed(seed)
