@@ -39,3 +39,45 @@ def test_tpr_at_threshold() -> None:
     pos = torch.tensor([0.1, 0.5, 0.9, 1.0])
     assert tpr_at_threshold(pos, 0.5) == 0.5
     assert tpr_at_threshold(pos, 0.5, higher_is_suspicious=False) == 0.25
+
+
+def test_roc_curve_hand_computed_and_consistent_with_auroc() -> None:
+    from guardnet.eval import roc_curve
+
+    fpr, tpr, thr = roc_curve(torch.tensor([0.0, 1.0]), torch.tensor([2.0]))
+    assert fpr.tolist() == [0.0, 0.0, 0.5, 1.0]
+    assert tpr.tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert thr.tolist() == [2.0, 1.0, 0.0, -1.0]
+    gen = torch.Generator().manual_seed(0)
+    neg, pos = torch.randn(500, generator=gen), torch.randn(300, generator=gen) + 1
+    for higher in (True, False):
+        f, t, _ = roc_curve(neg, pos if higher else -pos, higher_is_suspicious=higher)
+        area = float(torch.trapezoid(t, f))
+        assert area == pytest.approx(
+            auroc(neg, pos if higher else -pos, higher_is_suspicious=higher)
+        )
+
+
+def test_tpr_at_fpr_uses_validation_threshold() -> None:
+    from guardnet.eval import oracle_tpr_at_fpr, tpr_at_fpr
+
+    val = torch.arange(100.0)  # threshold at 5% -> 94
+    test_clean = torch.arange(100.0) + 2  # shifted: 97..101 exceed 94 -> 7%
+    adv = torch.tensor([90.0, 95.0, 99.0, 200.0])
+    out = tpr_at_fpr(val, adv, 0.05, test_clean=test_clean)
+    assert out["threshold"] == 94.0 and out["tpr"] == 0.75
+    assert out["test_fpr"] == pytest.approx(0.07)
+    # The oracle fits on the test clean scores instead: threshold 96.
+    assert oracle_tpr_at_fpr(test_clean, adv, 0.05) == 0.5
+
+
+def test_detection_and_robust_accuracy() -> None:
+    from guardnet.eval import detection_accuracy, robust_accuracy
+
+    correct = torch.tensor([True, True, False, False])
+    rejected = torch.tensor([False, True, True, False])
+    assert detection_accuracy(correct, rejected) == 0.5  # items 0 and 2
+    fooled = torch.tensor([True, True, False, True])
+    assert robust_accuracy(fooled, rejected) == 0.5  # items 0 and 3 succeed
+    with pytest.raises(ValueError, match="shapes differ"):
+        detection_accuracy(correct, rejected[:2])
