@@ -6,8 +6,10 @@ Subcommands:
     models             list the registered pretrained classifiers.
     train classifier   train (or fine-tune) a classifier on MNIST, CIFAR-10 (JPEG q75) or GTSRB:
                        seeded, resumable, saved as a Hub folder with a model card.
+    bench              the cost of protection: latency, throughput and FLOPs of pretrained
+                       classifiers guarded by SAEC against the bare classifiers.
 
-``calibrate``, ``eval`` and ``bench`` arrive with their issues.
+``calibrate`` and ``eval`` arrive with their issues.
 """
 
 from __future__ import annotations
@@ -60,7 +62,111 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(print_help=train.print_help)
     train_sub = train.add_subparsers(dest="train_command", metavar="WHAT")
     _add_train_classifier(train_sub)
+    _add_bench(sub)
     return parser
+
+
+_BENCH_MODELS = ("mnist-cnn", "resnet20-cifar10jpeg-ft", "resnet20-gtsrb")
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench`` and its options to the subcommands."""
+    bench = sub.add_parser(
+        "bench",
+        help="measure the cost of protection (latency, throughput, FLOPs)",
+        description="Wrap pretrained classifiers with SAEC (calibrated on the shipped validation "
+        "fixture of their dataset) and time the whole guard against the bare classifier, per "
+        "batch size, with FLOPs per image and hardware metadata.",
+        epilog="example: guardnet bench --model mnist-cnn --batch-sizes 1 64 --json bench.json",
+    )
+    bench.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=f"registered pretrained name, repeatable (default: {' '.join(_BENCH_MODELS)})",
+    )
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64, 256], metavar="N")
+    bench.add_argument(
+        "--min-run-time",
+        type=float,
+        default=0.5,
+        help="seconds of timed runs per measurement at least (default 0.5)",
+    )
+    bench.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    bench.add_argument(
+        "--markdown", default=None, metavar="PATH", help="write the tables as markdown"
+    )
+    bench.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for the timings (default: torch's choice, one per core); use 1 "
+        "while another job shares the cores, where more threads than free cores stall",
+    )
+
+
+def _bench(args: argparse.Namespace, command: str) -> int:
+    """Run ``guardnet bench``: print the markdown tables, optionally write JSON / markdown."""
+    from pathlib import Path
+
+    import torch
+
+    from guardnet.data import load_fixture
+    from guardnet.errors import GuardnetError
+    from guardnet.eval.bench import bench_guard, render_markdown
+    from guardnet.guard import GuardedModel
+    from guardnet.hub import load_pretrained
+    from guardnet.layers import SAECLayer
+
+    if any(size < 1 for size in args.batch_sizes):
+        print("guardnet bench: error: batch sizes must be >= 1", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1:
+        print("guardnet bench: error: --threads must be >= 1", file=sys.stderr)
+        return 2
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    results = []
+    try:
+        for name in args.model or _BENCH_MODELS:
+            model, config = load_pretrained(name)
+            guard = GuardedModel(
+                model,
+                [SAECLayer()],
+                mean=config["mean"],
+                std=config["std"],
+                num_classes=config["num_classes"],
+            ).to(args.device)
+            dataset = "cifar10" if config["dataset"].startswith("cifar10") else config["dataset"]
+            val_images, _ = load_fixture(f"{dataset}-val")
+            guard.calibrate(val_images.to(args.device), target_fpr=0.05, progress=False)
+            result = bench_guard(
+                guard,
+                input_shape=config["input_size"],
+                batch_sizes=args.batch_sizes,
+                min_run_time=args.min_run_time,
+                device=args.device,
+            )
+            results.append({"model": name, "command": command, **result})
+    except (GuardnetError, ValueError) as exc:
+        print(f"guardnet bench: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(threads)  # main() may run in-process (tests, notebooks)
+    text = render_markdown(results)
+    print(text)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    if args.markdown:
+        path = Path(args.markdown)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return 0
 
 
 _DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
@@ -282,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "models":
         return _list_models()
+    if args.command == "bench":
+        return _bench(args, command)
     if args.command == "train":
         if args.train_command == "classifier":
             return _train_classifier(args, command)

@@ -1,5 +1,7 @@
-"""Evaluation: detection metrics (attacks and the ``guardnet eval`` harness come later)."""
+"""Evaluation: detection metrics and the cost benchmark (attacks and ``guardnet eval`` come
+later)."""
 
+from guardnet.eval.bench import bench_guard, count_flops, measure_latency, render_markdown
 from guardnet.eval.metrics import (
     auroc,
     detection_accuracy,
@@ -12,8 +14,12 @@ from guardnet.eval.metrics import (
 
 __all__ = [
     "auroc",
+    "bench_guard",
+    "count_flops",
     "detection_accuracy",
+    "measure_latency",
     "oracle_tpr_at_fpr",
+    "render_markdown",
     "robust_accuracy",
     "roc_curve",
     "tpr_at_fpr",

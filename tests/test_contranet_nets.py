@@ -1,0 +1,167 @@
+"""Tests for ContraNet's architecture (guardnet.nets.contranet)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from guardnet.nets.contranet import (
+    ContraNetConfig,
+    ContraNetDiscriminator,
+    ContraNetDMM,
+    ContraNetEncoder,
+    ContraNetGenerator,
+    build_contranet,
+)
+
+
+@pytest.fixture(autouse=True)
+def _flush_denormals() -> Iterator[None]:
+    # Untrained MobileNetV2 activations shrink towards denormal floats, which are very slow on
+    # CPU; flushing them keeps these tests fast. Restored afterwards.
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(("num_classes", "in_channels"), [(10, 1), (43, 3)])
+def test_shapes(num_classes: int, in_channels: int) -> None:
+    torch.manual_seed(0)
+    cfg = ContraNetConfig.small(num_classes, in_channels)
+    nets = build_contranet(cfg).eval()
+    assert set(nets.keys()) == {"encoder", "generator", "dis", "d_phi", "d_aux", "dmm"}
+    x = torch.rand(4, in_channels, 32, 32) * 2 - 1
+    y = torch.tensor([0, 1, num_classes - 1, 2])
+    with torch.no_grad():
+        mu, logvar = nets["encoder"](x)
+        assert mu.shape == logvar.shape == (4, cfg.latent_dim)
+        rebuilt = nets["generator"](mu, y)
+        assert rebuilt.shape == x.shape
+        for key in ("dis", "d_phi", "d_aux"):
+            assert nets[key](x, y).shape == (4,)
+        assert nets["dmm"](x, rebuilt, y).shape == (4, 2)
+    # Separate weights for the three discriminators.
+    assert nets["dis"].linear.parametrizations.weight.original is not (
+        nets["d_phi"].linear.parametrizations.weight.original
+    )
+
+
+def test_encoder_mu_is_deterministic_and_sample_differs() -> None:
+    torch.manual_seed(0)
+    enc = ContraNetEncoder(ContraNetConfig.small(10, 3)).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        mu, _ = enc(x)
+        assert torch.equal(enc.encode(x), mu)
+        assert torch.equal(enc.encode(x), enc.encode(x))
+        gen = torch.Generator().manual_seed(1)
+        s1 = enc.encode(x, sample=True, generator=gen)
+        s2 = enc.encode(x, sample=True, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(s1, mu)
+    assert torch.equal(s1, s2)
+
+
+def test_generator_range_and_label_dependence() -> None:
+    torch.manual_seed(0)
+    cfg = ContraNetConfig.small(10, 1)
+    gen = ContraNetGenerator(cfg).eval()
+    z = torch.randn(4, cfg.latent_dim) * 3
+    with torch.no_grad():
+        a = gen(z, torch.zeros(4, dtype=torch.long))
+        b = gen(z, torch.full((4,), 7, dtype=torch.long))
+    assert a.min() > -1 and a.max() < 1
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="z must have"):
+        gen(torch.randn(4, cfg.latent_dim + 1), torch.zeros(4, dtype=torch.long))
+
+
+def test_discriminator_projection_depends_on_label() -> None:
+    torch.manual_seed(0)
+    dis = ContraNetDiscriminator(ContraNetConfig.small(10, 3)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        a = dis(x, torch.tensor([0, 0]))
+        b = dis(x, torch.tensor([5, 5]))
+        h = dis.features(x)
+        diff = dis.projection(h, torch.tensor([0, 0])) - dis.projection(h, torch.tensor([5, 5]))
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(a - b, diff)
+
+
+def test_dmm_class_conditional_layer_matches_per_sample_reference() -> None:
+    torch.manual_seed(0)
+    cfg = ContraNetConfig(num_classes=5, in_channels=3, dmm_backbone="cnn", dmm_width=0.5)
+    dmm = ContraNetDMM(cfg).eval()
+    x = torch.rand(6, 3, 32, 32)
+    xr = torch.rand(6, 3, 32, 32)
+    y = torch.tensor([4, 0, 2, 2, 1, 3])
+    with torch.no_grad():
+        out = dmm(x, xr, y)
+        f = torch.cat([dmm.f_real(x), dmm.f_syn(xr)], dim=1)
+        ref = torch.stack(
+            [dmm.head(f[i] @ dmm.fc1.weight[y[i]] + dmm.fc1.bias[y[i]]) for i in range(len(y))]
+        )
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert dmm.fc1.weight.shape == (5, 2 * dmm.feature_dim, cfg.dmm_hidden)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_classes": 1}, "num_classes"),
+        ({"in_channels": 0}, "in_channels"),
+        ({"image_size": 28}, "image_size"),
+        ({"latent_dim": 81}, "divisible"),
+        ({"num_latent_chunks": 3}, "num_latent_chunks"),
+        ({"g_ch": -1}, "g_ch"),
+        ({"d_ch": 2.5}, "d_ch"),
+        ({"self_attention": 1}, "self_attention"),
+        ({"self_attention": True, "g_ch": 1}, "at least 8 channels"),
+        ({"dmm_backbone": "resnet"}, "dmm_backbone"),
+        ({"dmm_width": 0}, "dmm_width"),
+        ({"dmm_last_conv": "yes"}, "dmm_last_conv"),
+    ],
+)
+def test_config_validation(kwargs: dict, match: str) -> None:
+    base = {"num_classes": 10, "in_channels": 3}
+    with pytest.raises(ValueError, match=match):
+        ContraNetConfig(**{**base, **kwargs})
+
+
+def test_config_presets_and_frozen() -> None:
+    small = ContraNetConfig.small(10, 1)
+    authors = ContraNetConfig.authors(43, 3)
+    assert small.chunk_size == 20
+    assert authors.self_attention and 4 * authors.g_ch == 384
+    assert ContraNetDMM(small).feature_dim == 80
+    assert ContraNetDMM(ContraNetConfig.authors(10, 1)).feature_dim == 1280
+    with pytest.raises(AttributeError):
+        small.g_ch = 8  # type: ignore[misc]
+
+
+def test_authors_generator_param_count() -> None:
+    gen = ContraNetGenerator(ContraNetConfig.authors(10, 3))
+    assert gen.attention is not None
+    assert torch.nn.utils.parametrize.is_parametrized(gen.blocks[0].conv1, "weight")
+    assert abs(_params(gen) - 9.42e6) / 9.42e6 < 0.15
+
+
+def test_small_preset_macs_per_image() -> None:
+    torch.manual_seed(0)
+    nets = build_contranet(ContraNetConfig.small(10, 3)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    y = torch.tensor([3])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        z = nets["encoder"].encode(x)
+        rebuilt = nets["generator"](z, y)
+        nets["dis"](rebuilt, y)
+        nets["dmm"](x, rebuilt, y)
+    macs = counter.get_total_flops() / 2
+    assert macs < 0.5e9
