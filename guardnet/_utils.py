@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["eval_mode", "iter_image_batches", "module_device"]
+__all__ = ["eval_mode", "iter_image_batches", "module_device", "sha256_file"]
 
 
 @contextlib.contextmanager
@@ -81,3 +83,12 @@ def num_batches(data: Tensor | Iterable, *, batch_size: int) -> int | None:
         return len(data)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (weights files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

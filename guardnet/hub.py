@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from guardnet._utils import sha256_file
 from guardnet.errors import WeightsError
 from guardnet.nets.resnet_cifar import CifarResNet, resnet20, resnet56
 from guardnet.nets.small import MnistCNN, SmallConvNet
@@ -244,14 +244,6 @@ def load_state_dict_strict(
 # --------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _saveable_state(model: nn.Module) -> dict[str, Tensor]:
     """Detached, contiguous CPU tensors, none sharing memory (safetensors refuses shared ones)."""
     state: dict[str, Tensor] = {}
@@ -363,7 +355,7 @@ def save_pretrained(
     save_file(state, str(partial), metadata={"format": "pt"})
     os.replace(partial, weights)
     written = json.loads(config_text)
-    written["weights_sha256"] = _sha256(weights)
+    written["weights_sha256"] = sha256_file(weights)
     (folder / CONFIG_NAME).write_text(json.dumps(written, indent=2) + "\n")
     card = model_card if model_card is not None else default_model_card(written, title=folder.name)
     (folder / MODEL_CARD_NAME).write_text(card if card.endswith("\n") else card + "\n")
@@ -391,7 +383,7 @@ def _read_weights(path: Path, expected_sha256: str | None) -> dict[str, Tensor]:
         "for a Hub download delete it from the Hugging Face cache (`hf cache` commands) and fetch "
         "it again."
     )
-    if expected_sha256 is not None and _sha256(path) != expected_sha256:
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
         raise WeightsError(
             f"{path} does not match the weights_sha256 recorded in its config.json. {hint}"
         )

@@ -23,7 +23,6 @@ sha256), so the workflow is: convert, evaluate, convert again:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import torch
 
+from guardnet._utils import sha256_file
 from guardnet.data import dataset_info, resolve_data_root
 from guardnet.hub import from_pretrained, save_pretrained
 from guardnet.nets import CifarResNet, resnet20, resnet56
@@ -42,10 +42,6 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 EVAL_JSON = "eval_cifar10_jpeg_q75_test.json"
 JPEG_DISPLAY_NAME = "CIFAR-10 (JPEG q75)"
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_akamaster(path: Path, depth: int) -> tuple[CifarResNet, float]:
@@ -159,7 +155,7 @@ def convert(depth: int, source: Path, out: Path) -> Path:
             "converted by guardnet scripts/convert_akamaster.py"
         ),
         "attribution": "Copyright (c) 2018, Yerlan Idelbayev (BSD-2-Clause, see LICENSE.txt)",
-        "original_checkpoint": {"file": file, "sha256": sha256(source / file)},
+        "original_checkpoint": {"file": file, "sha256": sha256_file(source / file)},
         "metrics": {"stated_cifar10_exact_test_accuracy": round(stated / 100, 4)},
     }
     save_pretrained(model, folder, config=config, model_card="")  # weights first, for the sha

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import inspect
 import json
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+from guardnet._utils import sha256_file
 from guardnet.data import (
     FIXTURES,
     FixtureSpec,
@@ -86,15 +86,6 @@ def terms_of(spec: FixtureSpec) -> str:
     if spec.split == "val" and spec.dataset == "gtsrb":
         text = text.replace("official Final_Test set", "official Final_Training set")
     return text
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def select(spec: FixtureSpec, n: int) -> torch.Tensor:
@@ -175,7 +166,7 @@ def make_fixture(spec: FixtureSpec, root: Path, out: Path) -> dict[str, str]:
         "count": str(spec.count),
         "selection": selection,
         "source_files": ", ".join(sources),
-        "source_sha256": ", ".join(sha256_of(root / p) for p in sources),
+        "source_sha256": ", ".join(sha256_file(root / p) for p in sources),
         "made_by": "scripts/make_fixtures.py",
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
@@ -195,7 +186,7 @@ def make_fixture(spec: FixtureSpec, root: Path, out: Path) -> dict[str, str]:
     # would make the file's bytes (and sha256) change on every run.
     save_file(tensors, str(path), metadata={"provenance": json.dumps(metadata, sort_keys=True)})
     path.chmod(0o644)  # safetensors creates files owner-only; package data should be readable
-    return {**metadata, "size_bytes": str(path.stat().st_size), "sha256": sha256_of(path)}
+    return {**metadata, "size_bytes": str(path.stat().st_size), "sha256": sha256_file(path)}
 
 
 def write_readme(out: Path, rows: list[tuple[FixtureSpec, dict[str, str]]]) -> None:

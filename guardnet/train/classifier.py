@@ -24,7 +24,6 @@ under a temporary name and renamed, so a checkpoint is either complete or absent
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -43,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from guardnet._utils import eval_mode, module_device
+from guardnet._utils import eval_mode, module_device, sha256_file
 from guardnet.data import dataset_info, load_split
 from guardnet.errors import CheckpointError, WeightsError
 
@@ -353,14 +352,6 @@ def _decode(obj: Any, tensors: Mapping[str, Tensor]) -> Any:
     return obj
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
@@ -424,7 +415,7 @@ def save_checkpoint(
             "version": _CKPT_VERSION,
             "epoch": epoch,
             "tensors_file": _CKPT_TENSORS,
-            "tensors_sha256": _sha256(partial / _CKPT_TENSORS),
+            "tensors_sha256": sha256_file(partial / _CKPT_TENSORS),
             "state": encoded,
         }
         (partial / _CKPT_JSON).write_text(json.dumps(header, indent=1) + "\n")
@@ -484,7 +475,7 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
             f"{json_path} has checkpoint version {header.get('version')}, this guardnet reads "
             f"version {_CKPT_VERSION}"
         )
-    if not tensor_path.is_file() or _sha256(tensor_path) != header.get("tensors_sha256"):
+    if not tensor_path.is_file() or sha256_file(tensor_path) != header.get("tensors_sha256"):
         raise CheckpointError(
             f"{tensor_path} is missing or does not match the SHA-256 in {json_path} (damaged "
             "checkpoint); delete the folder to resume from an earlier one, or start afresh"
