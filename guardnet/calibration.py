@@ -65,14 +65,23 @@ def threshold_at_fpr(
         tensor(94.)
     """
     _check_fpr(target_fpr)
+    ordered = _sorted_suspicion(scores, higher_is_suspicious)
+    return _threshold_from_sorted(ordered, target_fpr, higher_is_suspicious)
+
+
+def _sorted_suspicion(scores: Tensor, higher_is_suspicious: bool) -> Tensor:
+    """Checked scores, flipped to "higher is suspicious" and sorted in descending order."""
     if scores.ndim != 1 or scores.numel() == 0:
         raise CalibrationError(f"need a non-empty 1-D tensor of scores, got {tuple(scores.shape)}")
     if not bool(torch.isfinite(scores).all()):
         raise CalibrationError("calibration scores contain NaN or Inf")
-    allowed = int(target_fpr * scores.numel())
-    ordered = torch.sort(_suspicion(scores, higher_is_suspicious), descending=True).values
-    value = ordered[min(allowed, scores.numel() - 1)]
-    return _suspicion(value, higher_is_suspicious)
+    return torch.sort(_suspicion(scores, higher_is_suspicious), descending=True).values
+
+
+def _threshold_from_sorted(ordered: Tensor, rate: float, higher_is_suspicious: bool) -> Tensor:
+    """The (floor(rate * n) + 1)-th most suspicious score, in the scores' own units."""
+    allowed = int(rate * ordered.numel())
+    return _suspicion(ordered[min(allowed, ordered.numel() - 1)], higher_is_suspicious)
 
 
 def false_positive_rate(
@@ -124,9 +133,12 @@ def joint_thresholds(
     def rates_for(scale: float) -> dict[str, float]:
         return {n: min(scale * weights[n] / top, target_fpr) for n in names}
 
+    # Sort each layer's scores once; the bisection only indexes into them.
+    ordered = {n: _sorted_suspicion(scores[n], higher_is_suspicious[n]) for n in names}
+
     def thresholds_for(scale: float) -> dict[str, Tensor]:
         return {
-            n: threshold_at_fpr(scores[n], rate, higher_is_suspicious=higher_is_suspicious[n])
+            n: _threshold_from_sorted(ordered[n], rate, higher_is_suspicious[n])
             for n, rate in rates_for(scale).items()
         }
 
