@@ -27,7 +27,15 @@ from guardnet.errors import (
 )
 from guardnet.guard import GuardAttackView, GuardedModel, GuardResult, Normalize
 from guardnet.hub import from_pretrained, list_pretrained, load_pretrained, save_pretrained
-from guardnet.layers import Layer, LayerInput, LayerKind, LayerOutput, SAECLayer, saec_score
+from guardnet.layers import (
+    ContraNetLayer,
+    Layer,
+    LayerInput,
+    LayerKind,
+    LayerOutput,
+    SAECLayer,
+    saec_score,
+)
 
 __version__ = "0.1.0"
 
@@ -35,6 +43,7 @@ __all__ = [
     "CalibrationError",
     "CalibrationReport",
     "CheckpointError",
+    "ContraNetLayer",
     "DataNotFoundError",
     "DeviceMismatchError",
     "GuardAttackView",

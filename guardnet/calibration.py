@@ -200,15 +200,15 @@ class CalibrationReport:
         lines = [
             f"calibration ({self.mode}) on {self.num_samples} clean images, target FPR "
             f"{self.target_fpr:.2%}",
-            f"  {'layer':<12} {'threshold':>12} {'side':>5} {'target':>8} {'achieved':>9}",
+            f"  {'layer':<16} {'threshold':>12} {'side':>5} {'target':>8} {'achieved':>9}",
         ]
         for name, c in self.layers.items():
             side = "high" if c.higher_is_suspicious else "low"
             lines.append(
-                f"  {name:<12} {c.threshold:>12.5g} {side:>5} {c.target_fpr:>8.2%} "
+                f"  {name:<16} {c.threshold:>12.5g} {side:>5} {c.target_fpr:>8.2%} "
                 f"{c.achieved_fpr:>9.2%}"
             )
-        lines.append(f"  {'overall':<12} {'':>12} {'':>5} {'':>8} {self.overall_fpr:>9.2%}")
+        lines.append(f"  {'overall':<16} {'':>12} {'':>5} {'':>8} {self.overall_fpr:>9.2%}")
         return "\n".join(lines)
 
 
@@ -221,9 +221,9 @@ def _robust_scale(scores: Tensor) -> float:
 def collect_clean_scores(
     guard: GuardedModel, clean_data: Tensor | Iterable, *, batch_size: int, progress: bool
 ) -> dict[str, Tensor]:
-    """Every rejecting layer's scores on the clean data, concatenated, on the CPU."""
+    """Every rejecting score's values on the clean data, concatenated, on the CPU."""
     device = module_device(guard)
-    names = list(guard.rejecting_layers)
+    names = list(guard.rejectors)
     collected: dict[str, list[Tensor]] = {n: [] for n in names}
     batches = iter_image_batches(clean_data, batch_size=batch_size)
     total = num_batches(clean_data, batch_size=batch_size)
@@ -257,14 +257,14 @@ def calibrate_guard(
         raise CalibrationError(f"mode must be 'joint' or 'per_layer', got {mode!r}")
     if budget is not None and mode != "joint":
         raise CalibrationError("budget only applies to mode='joint'")
-    layers = guard.rejecting_layers
+    layers = guard.rejectors
     if not layers:
         raise CalibrationError("the guard has no layer with a threshold to calibrate")
     scores = collect_clean_scores(guard, clean_data, batch_size=batch_size, progress=progress)
     for name, s in scores.items():
         if not bool(torch.isfinite(s).all()):
-            raise CalibrationError(f"layer {name!r} produced NaN/Inf scores on clean data")
-    sides = {n: layer.higher_is_suspicious for n, layer in layers.items()}
+            raise CalibrationError(f"score {name!r} produced NaN/Inf values on clean data")
+    sides = {n: layer.higher_is_suspicious for n, (layer, _) in layers.items()}
     if mode == "joint":
         thresholds, rates = joint_thresholds(scores, sides, target_fpr, budget=budget)
     else:
@@ -275,11 +275,12 @@ def calibrate_guard(
         }
     report = CalibrationReport(mode=mode, target_fpr=target_fpr, num_samples=0)
     union = torch.zeros(0, dtype=torch.bool)
-    for name, layer in layers.items():
+    for name, (layer, score_name) in layers.items():
         s = scores[name]
         scale = _robust_scale(s)
-        layer.set_threshold(thresholds[name], score_scale=scale)
-        rejected = layer.reject(s.to(layer.threshold.device)).cpu()
+        layer.set_threshold(thresholds[name], score_scale=scale, score=score_name)
+        threshold = thresholds[name].to(s.dtype)
+        rejected = s > threshold if layer.higher_is_suspicious else s < threshold
         union = rejected if union.numel() == 0 else union | rejected
         achieved = int(rejected.sum()) / rejected.numel()
         report.layers[name] = LayerCalibration(

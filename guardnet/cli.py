@@ -35,14 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the offline demo on shipped data",
-        description="Wrap the shipped MNIST classifier with SAEC, calibrate it on shipped clean "
-        "validation images, and show what it does to clean, noisy and attacked test images.",
+        description="Wrap the shipped MNIST classifier in the full MixDefense guard (SAEC -> "
+        "classifier -> ContraNet, all shipped), calibrate it on shipped clean validation images "
+        "and show what it does to clean, noisy and attacked test images, with a picture of "
+        "ContraNet's rebuilds.",
     )
     demo.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate")
     demo.add_argument(
         "--noise", type=float, default=0.3, help="amplitude of the uniform noise (0-1 scale)"
     )
-    demo.add_argument("--eps", type=float, default=0.3, help="PGD L-inf budget (0-1 scale)")
+    demo.add_argument(
+        "--eps",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.3],
+        help="PGD L-inf budgets (0-1 scale; default 0.1 0.3)",
+    )
+    demo.add_argument(
+        "--grid", default=None, help="where to write the rebuild grid PNG (default: temp dir)"
+    )
     demo.add_argument("--limit", type=int, default=None, help="use only the first N test images")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     demo.add_argument("--seed", type=int, default=0)
@@ -62,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(print_help=train.print_help)
     train_sub = train.add_subparsers(dest="train_command", metavar="WHAT")
     _add_train_classifier(train_sub)
+    _add_train_contranet(train_sub)
     _add_bench(sub)
     return parser
 
@@ -283,6 +295,113 @@ def _add_train_classifier(train_sub: argparse._SubParsersAction) -> None:
     cls.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _epochs_arg(text: str) -> tuple[str, int]:
+    stage, sep, count = text.partition("=")
+    from guardnet.train.contranet import STAGES
+
+    if not sep or stage not in STAGES or not count.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected STAGE=N with STAGE one of {', '.join(STAGES)}, got {text!r}"
+        )
+    return stage, int(count)
+
+
+def _add_train_contranet(train_sub: argparse._SubParsersAction) -> None:
+    """Add ``train contranet`` and its options to the ``train`` subparsers."""
+    cn = train_sub.add_parser(
+        "contranet",
+        help="train a ContraNet detector (three stages)",
+        description="Train ContraNet's networks on guardnet's train split, stage by stage "
+        "(gan, aux, dis, dmm_pretrain, dmm; see guardnet.train.contranet), and save the "
+        "inference nets as a Hub folder (RUN_DIR/model). Every epoch writes a pickle-free "
+        "checkpoint; a rerun with the same RUN_DIR resumes. Runs unchanged under torchrun "
+        "(DistributedDataParallel; gloo on CPU, NCCL on CUDA).",
+        epilog="example: guardnet train contranet --dataset mnist --classifier mnist-cnn "
+        '--arch-args \'{"g_ch": 8, "d_ch": 8}\' --epochs gan=4 --out runs/contranet-mnist',
+    )
+    cn.add_argument("--dataset", required=True, help="mnist, gtsrb or cifar10 (JPEG q75)")
+    cn.add_argument("--out", default=None, help="run folder (default runs/contranet-DATASET)")
+    cn.add_argument("--preset", choices=["small", "authors"], default="small")
+    cn.add_argument(
+        "--arch-args",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="overrides of the preset's ContraNetConfig fields, e.g. '{\"g_ch\": 8}'",
+    )
+    cn.add_argument(
+        "--classifier",
+        default=None,
+        help="protected classifier (pretrained name, folder or Hub id) for the adversarial "
+        "training examples of the dis and dmm stages",
+    )
+    cn.add_argument(
+        "--epochs",
+        type=_epochs_arg,
+        nargs="+",
+        default=[],
+        metavar="STAGE=N",
+        help="epochs per stage, e.g. gan=4 dmm=2 (defaults: gan=4 aux=0 dis=1 dmm_pretrain=1 "
+        "dmm=2)",
+    )
+    cn.add_argument(
+        "--settings",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="other ContraNetTrainSettings fields, e.g. '{\"batch_size\": 128}'",
+    )
+    cn.add_argument("--limit", type=int, default=None, help="train on N images (smoke runs)")
+    cn.add_argument("--eval-limit", type=int, default=2000, help="validation images for checks")
+    cn.add_argument("--root", default=None, help="data root (default $GUARDNET_DATA)")
+    cn.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    cn.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    cn.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    cn.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _train_contranet(args: argparse.Namespace, command: str) -> int:
+    """Run ``guardnet train contranet``; errors guardnet explains go to stderr, exit code 2."""
+    from guardnet.data import dataset_info
+    from guardnet.errors import GuardnetError
+    from guardnet.train.contranet import (
+        DATASET_DEFAULTS,
+        ContraNetTrainSettings,
+        run_contranet_training,
+    )
+
+    try:
+        name = dataset_info(args.dataset).name
+        fields = dict(DATASET_DEFAULTS.get(name, {}))
+        fields.update({f"{stage}_epochs": n for stage, n in args.epochs})
+        fields.update(args.settings or {})
+        for key in ("betas", "adv_eps"):
+            if isinstance(fields.get(key), list):
+                fields[key] = tuple(fields[key])
+        settings = ContraNetTrainSettings(**fields)
+        run_contranet_training(
+            dataset=name,
+            out=args.out or f"runs/contranet-{name}",
+            settings=settings,
+            preset=args.preset,
+            arch_args=args.arch_args,
+            classifier=args.classifier,
+            root=args.root,
+            limit=args.limit,
+            eval_limit=args.eval_limit,
+            resume=not args.no_resume,
+            threads=args.threads,
+            device=args.device,
+            progress=not args.no_progress,
+            command=command,
+            log=lambda line: print(line, flush=True),
+        )
+    except (GuardnetError, ValueError, TypeError) as exc:
+        print(f"guardnet train contranet: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _train_classifier(args: argparse.Namespace, command: str) -> int:
     """Run ``guardnet train classifier``; errors guardnet explains go to stderr, exit code 2."""
     from guardnet.errors import GuardnetError
@@ -337,7 +456,8 @@ def _key_metric(metrics: dict[str, float]) -> str:
     if key is None:
         return "-"
     value = metrics[key]
-    shown = f"{100 * value:.2f}%" if "acc" in key and 0 <= value <= 1 else f"{value:g}"
+    rate = any(word in key for word in ("acc", "tpr", "fpr"))
+    shown = f"{100 * value:.2f}%" if rate and 0 <= value <= 1 else f"{value:g}"
     return f"{key} {shown}"
 
 
@@ -380,10 +500,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_demo(
             target_fpr=args.fpr,
             noise=args.noise,
-            eps=args.eps,
+            eps=tuple(args.eps),
             limit=args.limit,
             device=args.device,
             seed=args.seed,
+            grid=args.grid,
         )
         return 0
     if args.command == "models":
@@ -393,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         if args.train_command == "classifier":
             return _train_classifier(args, command)
+        if args.train_command == "contranet":
+            return _train_contranet(args, command)
         args.print_help()
         return 1
     parser.print_help()

@@ -74,9 +74,11 @@ class GuardResult:
         rejected: (B,) ``True`` where any layer rejected the input.
         logits: (B, K) final logits.
         classifier_labels: (B,) the bare classifier's labels.
-        scores: per layer, (B,) scores; NaN where the layer did not run (cascade).
-        layer_rejected: per layer, (B,) reject masks.
-        computed: per layer, (B,) ``True`` where the layer ran.
+        scores: per score, (B,) scores; NaN where the layer did not run (cascade). A layer with
+            one score is keyed by its name, one with several ``score_names`` by
+            ``"name.score"`` (e.g. ``"contranet.dmm"``).
+        layer_rejected: per score (same keys), (B,) reject masks.
+        computed: per score (same keys), (B,) ``True`` where the layer ran.
     """
 
     labels: Tensor
@@ -150,8 +152,13 @@ class GuardResult:
         lines = [f"{n} inputs, {int(self.rejected.sum())} rejected"]
         for name, mask in self.layer_rejected.items():
             ran = int(self.computed[name].sum())
-            lines.append(f"  {name:<12} ran on {ran:>6}, rejected {int(mask.sum()):>6}")
+            lines.append(f"  {name:<16} ran on {ran:>6}, rejected {int(mask.sum()):>6}")
         return "\n".join(lines)
+
+
+def score_keys(name: str, layer: Layer) -> list[str]:
+    """The keys a layer's scores get in a :class:`GuardResult`: ``name`` or ``name.score``."""
+    return [f"{name}.{s}" for s in layer.score_names] if layer.score_names else [name]
 
 
 def _unique_names(layers: Iterable[Layer]) -> dict[str, Layer]:
@@ -274,6 +281,21 @@ class GuardedModel(nn.Module):
         """The layers that own a threshold, by name."""
         return {n: layer for n, layer in self.layers.items() if layer.rejects}  # type: ignore[misc]
 
+    @property
+    def score_keys(self) -> list[str]:
+        """Every key of :attr:`GuardResult.scores`, in pipeline order."""
+        return [k for n, layer in self.layers.items() for k in score_keys(n, layer)]  # type: ignore[arg-type]
+
+    @property
+    def rejectors(self) -> dict[str, tuple[Layer, str | None]]:
+        """Per score key of a rejecting layer: the layer and its score name (``None`` if single)."""
+        out: dict[str, tuple[Layer, str | None]] = {}
+        for name, layer in self.rejecting_layers.items():
+            keys = score_keys(name, layer)
+            names: list[str | None] = list(layer.score_names) or [None]
+            out.update(zip(keys, ((layer, n) for n in names), strict=True))
+        return out
+
     def classify(self, images: Tensor) -> Tensor:
         """The bare classifier on [0, 1] images (normalisation applied), with no checks."""
         return self.classifier(self.normalize(images))
@@ -286,7 +308,9 @@ class GuardedModel(nn.Module):
         rejecting = self.rejecting_layers
         if not rejecting:
             return
-        missing = torch.stack([layer.threshold for layer in rejecting.values()]).isnan().tolist()
+        missing = torch.stack(
+            [layer.threshold.isnan().any() for layer in rejecting.values()]
+        ).tolist()
         names = [n for n, m in zip(rejecting, missing, strict=True) if m]
         if names:
             raise NotCalibratedError(
@@ -347,33 +371,44 @@ class GuardedModel(nn.Module):
             index: Tensor | None = None
             if cascade and rejected.any():  # one host sync per layer, not per sample
                 index = (~rejected).nonzero().squeeze(1)
+            keys = score_keys(name, layer)  # type: ignore[arg-type]
             if index is not None and index.numel() == 0:
-                scores[name] = images.new_full((batch,), float("nan"))
-                computed[name] = torch.zeros_like(rejected)
-                rejected_by_layer[name] = torch.zeros_like(rejected)
+                for key in keys:
+                    scores[key] = images.new_full((batch,), float("nan"))
+                    computed[key] = torch.zeros_like(rejected)
+                    rejected_by_layer[key] = torch.zeros_like(rejected)
                 continue
             sub_inputs = inputs if index is None else inputs.select(index)
             out = self._call_layer(layer, sub_inputs, grad=grad)  # type: ignore[arg-type]
             layer_scores = out.scores
-            if layer_scores.shape != (sub_inputs.batch_size,):
+            expected = (
+                (sub_inputs.batch_size, len(keys))
+                if layer.score_names
+                else (sub_inputs.batch_size,)
+            )
+            if layer_scores.shape != expected:
                 raise RuntimeError(
                     f"layer {name!r} returned scores of shape {tuple(layer_scores.shape)}, "
-                    f"expected ({sub_inputs.batch_size},)"
+                    f"expected {expected}"
                 )
             if index is None:
-                computed[name] = torch.ones_like(rejected)
+                ran = torch.ones_like(rejected)
             else:
-                full = images.new_full((batch,), float("nan"), dtype=layer_scores.dtype)
+                full = layer_scores.new_full((batch, *expected[1:]), float("nan"))
                 layer_scores = full.index_copy(0, index, layer_scores)
-                computed[name] = torch.zeros_like(rejected).index_fill(0, index, True)
-            scores[name] = layer_scores
+                ran = torch.zeros_like(rejected).index_fill(0, index, True)
             layer_mask = (
                 layer.reject(layer_scores)  # type: ignore[operator]
                 if apply_thresholds
-                else torch.zeros_like(rejected)
+                else torch.zeros(layer_scores.shape, dtype=torch.bool, device=images.device)
             )
-            rejected_by_layer[name] = layer_mask
-            rejected = rejected | layer_mask
+            columns = layer_scores.unbind(1) if layer.score_names else (layer_scores,)
+            masks = layer_mask.unbind(1) if layer.score_names else (layer_mask,)
+            for key, column, mask in zip(keys, columns, masks, strict=True):
+                scores[key] = column
+                computed[key] = ran
+                rejected_by_layer[key] = mask
+                rejected = rejected | mask
             if layer.kind is LayerKind.REFORM:
                 inputs = self._apply_reform(name, inputs, out, index)
 
@@ -421,7 +456,7 @@ class GuardedModel(nn.Module):
 
     def _empty_result(self, images: Tensor) -> GuardResult:
         empty_bool = torch.zeros(0, dtype=torch.bool, device=images.device)
-        names = list(self.layers)
+        names = self.score_keys
         return GuardResult(
             labels=torch.zeros(0, dtype=torch.long, device=images.device),
             rejected=empty_bool,
@@ -470,13 +505,13 @@ class GuardedModel(nn.Module):
         """
         self._check_input(images, check_values=self.validate_inputs)
         if images.shape[0] == 0:
-            return {n: images.new_zeros(0) for n in self.layers}
+            return {n: images.new_zeros(0) for n in self.score_keys}
         with eval_mode(self), torch.no_grad():
             results = [
                 self._pipeline(chunk, cascade=False, grad=False, apply_thresholds=False)
                 for chunk in self._chunks(images)
             ]
-        return {n: torch.cat([r.scores[n] for r in results]) for n in self.layers}
+        return {n: torch.cat([r.scores[n] for r in results]) for n in self.score_keys}
 
     def calibrate(
         self,
@@ -577,8 +612,16 @@ class GuardAttackView(nn.Module):
         if not rejecting:
             reject = logits.new_full((logits.shape[0], 1), float("-inf"))
         else:
-            margins = torch.stack(
-                [layer.margin(result.scores[name]) for name, layer in rejecting.items()], dim=1
+            margins = torch.cat(
+                [
+                    layer.margin(
+                        torch.stack([result.scores[k] for k in score_keys(name, layer)], dim=1)
+                        if layer.score_names
+                        else result.scores[name].unsqueeze(1)
+                    )
+                    for name, layer in rejecting.items()
+                ],
+                dim=1,
             )
             reject = logits.amax(dim=1, keepdim=True) + margins.amax(dim=1, keepdim=True)
         return torch.cat([logits, reject.to(logits.dtype)], dim=1)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from guardnet._utils import sha256_file
 from guardnet.errors import WeightsError
+from guardnet.nets.contranet import ContraNet
 from guardnet.nets.resnet_cifar import CifarResNet, resnet20, resnet56
 from guardnet.nets.small import MnistCNN, SmallConvNet
 
@@ -128,6 +129,7 @@ for _name, _builder in (
     ("CifarResNet", CifarResNet),
     ("resnet20", resnet20),
     ("resnet56", resnet56),
+    ("ContraNet", ContraNet),
 ):
     register_architecture(_name)(_builder)
 
@@ -571,6 +573,29 @@ def register_pretrained(entry: PretrainedEntry) -> PretrainedEntry:
     return entry
 
 
+register_pretrained(
+    PretrainedEntry(
+        name="contranet-mnist",
+        hub_id="guardnet/contranet-mnist",
+        local_folder="contranet-mnist",
+        dataset="mnist",
+        architecture="ContraNet",
+        metrics={
+            "mnist_test_tpr_pgd_linf_0.3": 1.0,
+            "mnist_test_tpr_pgd_linf_0.1": 1.0,
+            "mnist_test_tpr_cw_l2": 0.7014,
+            "mnist_test_fpr": 0.04,
+            "mnist_test_acc_dec": 0.963,
+            "mnist_val_l2": 0.0461,
+            "mnist_val_ssim": 0.9047,
+            "mnist_val_dmm_pair": 0.986,
+            "mnist_val_dis_pair": 0.7575,
+            "mnist_val_ssim_pair": 0.9915,
+        },
+        license="Apache-2.0",
+        description="ContraNet detector nets for MNIST (G width 32), trained by guardnet.",
+    )
+)
 register_pretrained(
     PretrainedEntry(
         name="mnist-cnn",

@@ -18,7 +18,10 @@ reform    after the classifier                    everything; may replace images
 
 A layer that rejects (``rejects = True``) owns a threshold held in a buffer, so ``state_dict`` and
 ``save_pretrained`` keep it, and knows which side of it is suspicious
-(``higher_is_suspicious``). Thresholds are set by :meth:`guardnet.GuardedModel.calibrate` from
+(``higher_is_suspicious``). A layer with several rejectors that share one expensive computation
+(ContraNet's DMM, Dis and SSIM all judge one rebuilt image) names them in ``score_names``,
+returns (B, S) scores and holds S thresholds; the guard reports each as ``"layer.score"`` and
+rejects when any of them does. Thresholds are set by :meth:`guardnet.GuardedModel.calibrate` from
 clean validation data.
 """
 
@@ -80,8 +83,8 @@ class LayerOutput:
     """What a layer returns.
 
     Attributes:
-        scores: (B,) float scores; which side is suspicious is the layer's
-            ``higher_is_suspicious``.
+        scores: (B,) float scores, or (B, S) for a layer with S ``score_names``; which side
+            is suspicious is the layer's ``higher_is_suspicious``.
         images: ``reform`` layers only: purified images that later layers see.
         logits: ``reform`` layers only: logits that replace the classifier's.
         labels: ``reform`` layers only: corrected labels (default: ``logits.argmax(1)`` when
@@ -107,6 +110,8 @@ class Layer(nn.Module):
         differentiable: ``True`` when the score is differentiable w.r.t. the images, so gradient
             attacks through :meth:`guardnet.GuardedModel.attack_view` see it.
         default_name: the name a guard gives the layer unless told otherwise.
+        score_names: empty for a layer with one score; otherwise the names of the S columns of
+            its (B, S) scores, each with its own threshold (same suspicious side for all).
     """
 
     kind: ClassVar[LayerKind]
@@ -114,6 +119,7 @@ class Layer(nn.Module):
     rejects: ClassVar[bool] = True
     differentiable: ClassVar[bool] = False
     default_name: ClassVar[str] = "layer"
+    score_names: ClassVar[tuple[str, ...]] = ()
     #: Classes the layer was built for (``None``: any). The guard checks it against the
     #: classifier.
     num_classes: int | None = None
@@ -125,18 +131,25 @@ class Layer(nn.Module):
         super().__init__()
         if not isinstance(getattr(type(self), "kind", None), LayerKind):
             raise TypeError(f"{type(self).__name__} must set the class attribute `kind`")
+        shape = (len(self.score_names),) if self.score_names else ()
         # NaN = not calibrated. Buffers, so state_dict() and .to(device) carry them.
-        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.register_buffer("threshold", torch.full(shape, float("nan")))
         # Typical size of a clean score deviation; normalises margins in the attack view.
-        self.register_buffer("score_scale", torch.tensor(1.0))
+        self.register_buffer("score_scale", torch.ones(shape))
+
+    @property
+    def num_scores(self) -> int:
+        """Scores per input: 1, or ``len(score_names)``."""
+        return len(self.score_names) or 1
 
     def forward(self, inputs: LayerInput) -> LayerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def reject(self, scores: Tensor) -> Tensor:
-        """Boolean (B,) mask of scores on the suspicious side of the threshold.
+        """Boolean mask, shaped like ``scores``, of scores on the suspicious side of the threshold.
 
-        NaN scores (not computed) are never rejected.
+        NaN scores (not computed) are never rejected. (B, S) scores are compared column-wise
+        with the S thresholds.
         """
         if not self.rejects:
             return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
@@ -147,10 +160,34 @@ class Layer(nn.Module):
         signed = scores - self.threshold if self.higher_is_suspicious else self.threshold - scores
         return signed / self.score_scale
 
-    def set_threshold(self, threshold: float | Tensor, *, score_scale: float | None = None) -> None:
-        """Set the threshold by hand (normally :meth:`GuardedModel.calibrate` does it)."""
-        self.threshold.fill_(float(threshold))
+    def set_threshold(
+        self,
+        threshold: float | Tensor,
+        *,
+        score_scale: float | None = None,
+        score: str | None = None,
+    ) -> None:
+        """Set the threshold by hand (normally :meth:`GuardedModel.calibrate` does it).
+
+        Args:
+            threshold: the new threshold.
+            score_scale: the typical clean spread of the score (> 0), for attack-view margins.
+            score: for a layer with ``score_names``, which score's threshold to set (``None``:
+                all of them).
+        """
+        if score_scale is not None and not score_scale > 0:
+            raise ValueError(f"score_scale must be > 0, got {score_scale}")
+        if score is None:
+            targets = [self.threshold], [self.score_scale]
+        else:
+            if score not in self.score_names:
+                raise ValueError(
+                    f"{type(self).__name__} has scores {list(self.score_names)}, not {score!r}"
+                )
+            i = self.score_names.index(score)
+            targets = [self.threshold[i]], [self.score_scale[i]]
+        for t in targets[0]:
+            t.fill_(float(threshold))
         if score_scale is not None:
-            if not score_scale > 0:
-                raise ValueError(f"score_scale must be > 0, got {score_scale}")
-            self.score_scale.fill_(float(score_scale))
+            for t in targets[1]:
+                t.fill_(float(score_scale))

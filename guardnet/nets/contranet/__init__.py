@@ -14,15 +14,27 @@ from guardnet.nets.contranet.discriminator import ContraNetDiscriminator
 from guardnet.nets.contranet.dmm import ClassConditionalLinear, ContraNetDMM
 from guardnet.nets.contranet.encoder import ContraNetEncoder
 from guardnet.nets.contranet.generator import ContraNetGenerator
+from guardnet.nets.contranet.model import (
+    SCORE_NAMES,
+    ContraNet,
+    from_unit_range,
+    ssim_scores,
+    to_unit_range,
+)
 
 __all__ = [
+    "SCORE_NAMES",
     "ClassConditionalLinear",
+    "ContraNet",
     "ContraNetConfig",
     "ContraNetDMM",
     "ContraNetDiscriminator",
     "ContraNetEncoder",
     "ContraNetGenerator",
     "build_contranet",
+    "from_unit_range",
+    "ssim_scores",
+    "to_unit_range",
 ]
 
 

@@ -1,0 +1,189 @@
+"""Measure a trained ContraNet, alone and in the full SAEC + ContraNet guard, on real data.
+
+Protocol:
+- thresholds: ``GuardedModel.calibrate`` (joint FPR budget over every score) on the clean
+  *validation* split at ``--fpr``; never on test or attack data;
+- clean test split: bare accuracy, the guard's FPR and Acc_dec (correct and passed, or wrong and
+  rejected, over all clean images);
+- attacks (torchattacks, an independent library) on the correctly classified test images:
+  untargeted PGD-L-inf with ``--steps`` steps (step size eps/4 ... 2.5 * eps / steps), and
+  C&W-L2 (confidence 0); TPR = share of *successful* adversarial examples the guard rejects;
+  Acc_rob = 1 - (fooled and passed) / all attacked images; AUROC per score (clean test vs
+  successful adversarial examples).
+
+Usage:
+    python scripts/measure_contranet.py --dataset mnist --contranet runs/contranet-mnist/model \
+        --classifier mnist-cnn --eps 0.1 0.3 --json benchmarks/results/contranet_mnist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from guardnet import ContraNetLayer, GuardedModel, SAECLayer
+from guardnet.data import dataset_info, load_split
+from guardnet.eval import auroc, detection_accuracy, robust_accuracy
+from guardnet.guard import Normalize
+from guardnet.hub import load_pretrained
+
+
+def batched(attack, x: Tensor, y: Tensor, size: int = 250) -> Tensor:
+    return torch.cat([attack(a, b) for a, b in zip(x.split(size), y.split(size), strict=True)])
+
+
+def evaluate(guard: GuardedModel, clean: Tensor, labels: Tensor, attacks: dict) -> dict:
+    result = guard(clean)
+    correct = result.classifier_labels == labels
+    out = {
+        "clean_accuracy": float(correct.float().mean()),
+        "fpr": float(result.rejected.float().mean()),
+        "acc_dec": detection_accuracy(correct, result.rejected),
+        "per_score_fpr": {k: float(v.float().mean()) for k, v in result.layer_rejected.items()},
+        "attacks": {},
+    }
+    clean_scores = result.scores
+    for name, (adv, adv_labels) in attacks.items():
+        r = guard(adv)
+        fooled = r.classifier_labels != adv_labels
+        success = fooled
+        n_success = int(success.sum())
+        entry = {
+            "attacked": len(adv_labels),
+            "successful": n_success,
+            "attack_success_rate": n_success / max(len(adv_labels), 1),
+            "tpr": float(r.rejected[success].float().mean()) if n_success else float("nan"),
+            "acc_rob": robust_accuracy(fooled, r.rejected),
+            "per_score_tpr": {
+                k: float(v[success].float().mean()) if n_success else float("nan")
+                for k, v in r.layer_rejected.items()
+            },
+            "auroc": {},
+        }
+        if n_success:
+            for key, layer_and_name in guard.rejectors.items():
+                layer = layer_and_name[0]
+                entry["auroc"][key] = auroc(
+                    clean_scores[key],
+                    r.scores[key][success],
+                    higher_is_suspicious=layer.higher_is_suspicious,
+                )
+        out["attacks"][name] = entry
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--contranet", required=True, help="pretrained name or folder")
+    parser.add_argument("--classifier", required=True, help="pretrained classifier name")
+    parser.add_argument("--eps", type=float, nargs="+", required=True, help="PGD budgets, 0-1")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--cw-steps", type=int, default=100, help="0 skips C&W")
+    parser.add_argument("--fpr", type=float, default=0.05)
+    parser.add_argument("--val-limit", type=int, default=2000)
+    parser.add_argument("--test-limit", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--grid", default=None, help="write a reconstruction grid PNG here")
+    args = parser.parse_args()
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import torchattacks
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    began = time.perf_counter()
+    info = dataset_info(args.dataset)
+    val = load_split(info.name, "val", limit=args.val_limit)
+    test = load_split(info.name, "test", limit=args.test_limit)
+    classifier, cfg = load_pretrained(args.classifier)
+    model = nn.Sequential(Normalize(cfg["mean"], cfg["std"]), classifier).eval()
+    net = ContraNetLayer.from_pretrained(args.contranet).net
+
+    guards = {
+        "contranet": GuardedModel(model, [ContraNetLayer(net)], max_batch_size=500),
+        "saec+contranet": GuardedModel(
+            model, [SAECLayer(), ContraNetLayer(net)], max_batch_size=500
+        ),
+    }
+    calibration = {
+        name: guard.calibrate(val.images, target_fpr=args.fpr, progress=False).to_dict()
+        for name, guard in guards.items()
+    }
+
+    x, y = test.images, test.labels
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    xc, yc = x[correct], y[correct]
+    attacks: dict[str, tuple[Tensor, Tensor]] = {}
+    timings = {}
+    for eps in args.eps:
+        label = f"{eps:g}" if info.name == "mnist" else f"{round(eps * 255)}/255"
+        torch.manual_seed(args.seed)
+        tick = time.perf_counter()
+        attack = torchattacks.PGD(
+            model,
+            eps=eps,
+            alpha=max(eps / 4, 2.5 * eps / args.steps),
+            steps=args.steps,
+            random_start=True,
+        )
+        attacks[f"pgd_linf_{label}"] = (batched(attack, xc, yc), yc)
+        timings[f"pgd_linf_{label}"] = time.perf_counter() - tick
+    if args.cw_steps:
+        torch.manual_seed(args.seed)
+        tick = time.perf_counter()
+        attack = torchattacks.CW(model, c=1.0, kappa=0.0, steps=args.cw_steps, lr=0.01)
+        attacks["cw_l2"] = (batched(attack, xc, yc), yc)
+        timings["cw_l2"] = time.perf_counter() - tick
+
+    report = {
+        "dataset": info.display_name,
+        "contranet": args.contranet,
+        "classifier": args.classifier,
+        "target_fpr": args.fpr,
+        "val_images": len(val),
+        "test_images": len(test),
+        "attacked_images": int(correct.sum()),
+        "attack_settings": {
+            "pgd": {"steps": args.steps, "random_start": True, "library": "torchattacks"},
+            "cw_l2": {"c": 1.0, "kappa": 0.0, "steps": args.cw_steps, "lr": 0.01},
+        },
+        "calibration": calibration,
+        "results": {name: evaluate(guard, x, y, attacks) for name, guard in guards.items()},
+        "attack_seconds": timings,
+        "seconds": time.perf_counter() - began,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+    for name, res in report["results"].items():
+        print(
+            f"{name}: clean acc {res['clean_accuracy']:.2%}  FPR {res['fpr']:.2%}  "
+            f"Acc_dec {res['acc_dec']:.2%}"
+        )
+        for attack_name, a in res["attacks"].items():
+            print(
+                f"  {attack_name:<16} success {a['attack_success_rate']:.1%}  TPR {a['tpr']:.2%}"
+                f"  Acc_rob {a['acc_rob']:.2%}  per score "
+                + " ".join(f"{k}={v:.1%}" for k, v in a["per_score_tpr"].items())
+            )
+    if args.grid:
+        layer = guards["contranet"].layers["contranet"]
+        layer.reconstruction_grid(x[:8], y[:8], other_labels=9, path=args.grid)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

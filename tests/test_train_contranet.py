@@ -1,0 +1,252 @@
+"""ContraNet training: stages, resume, settings checks, helpers, and DDP under torchrun."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from guardnet.errors import CheckpointError
+from guardnet.nets.contranet import ContraNetConfig
+from guardnet.train.classifier import latest_checkpoint
+from guardnet.train.contranet import (
+    ContraNetTrainSettings,
+    evaluate_contranet,
+    pgd_linf,
+    train_contranet,
+    wrong_labels,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ContraNetConfig(
+    num_classes=4,
+    in_channels=1,
+    g_ch=2,
+    d_ch=2,
+    dmm_backbone="cnn",
+    dmm_width=0.25,
+    encoder_features=16,
+    dmm_hidden=16,
+)
+ALL_STAGES = ContraNetTrainSettings(
+    gan_epochs=1, aux_epochs=1, dis_epochs=1, dmm_pretrain_epochs=1, dmm_epochs=1, batch_size=8
+)
+
+
+@pytest.fixture(autouse=True)
+def _flush_denormals() -> None:
+    torch.set_flush_denormal(True)
+
+
+def data(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def classifier() -> nn.Module:
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 4)).eval()
+
+
+class TestHelpers:
+    def test_wrong_labels_differ_and_cover_all_classes(self) -> None:
+        labels = torch.arange(43).repeat(200)
+        wrong = wrong_labels(labels, 43, torch.Generator().manual_seed(0))
+        assert not bool((wrong == labels).any())
+        assert wrong.min() == 0 and wrong.max() == 42
+        for y in (0, 42):
+            assert wrong[labels == y].unique().numel() == 42  # every other class drawn
+
+    def test_pgd_respects_the_budget_and_raises_the_loss(self) -> None:
+        model = classifier()
+        x, y = data(16)
+        y = y % 4
+        eps = torch.full((16,), 0.05)
+        eps[:8] = 0.01
+        adv = pgd_linf(model, x, y, eps, steps=5, generator=torch.Generator().manual_seed(0))
+        gap = (adv - x).abs().flatten(1).amax(1)
+        assert bool((gap <= eps + 1e-6).all()) and bool((adv >= 0).all() & (adv <= 1).all())
+        loss = nn.functional.cross_entropy
+        assert loss(model(adv), y) > loss(model(x), y)
+
+    def test_settings_are_checked(self) -> None:
+        with pytest.raises(ValueError, match="adv_fraction"):
+            ContraNetTrainSettings(adv_fraction=1.5)
+        with pytest.raises(ValueError, match="gan_epochs"):
+            ContraNetTrainSettings(gan_epochs=-1)
+        s = ContraNetTrainSettings(gan_epochs=2, aux_epochs=0, dis_epochs=1)
+        assert [u[0] for u in s.schedule()][:3] == ["gan", "gan", "dis"]
+
+
+class TestTraining:
+    def test_every_stage_runs_and_checkpoints(self, tmp_path) -> None:
+        x, y = data()
+        result = train_contranet(
+            TINY,
+            x,
+            y,
+            settings=ALL_STAGES,
+            classify=classifier(),
+            run_dir=tmp_path,
+            progress=False,
+            log=None,
+        )
+        stages = [r["stage"] for r in result.history]
+        assert stages == ["gan", "aux", "dis", "dmm_pretrain", "dmm"]
+        assert "acc_dmm_adv_negative" in result.history[-1]
+        assert latest_checkpoint(tmp_path).name == "epoch-0005"
+        assert (tmp_path / "train_log.jsonl").read_text().count("\n") == 5
+        metrics = evaluate_contranet(result.model, x, y)
+        assert set(metrics) == {"l2", "ssim", "dmm_pair", "dis_pair", "ssim_pair"}
+
+    def test_resume_gives_the_uninterrupted_result(self, tmp_path) -> None:
+        x, y = data()
+        kwargs = dict(classify=classifier(), progress=False, log=None)
+        whole = train_contranet(TINY, x, y, settings=ALL_STAGES, run_dir=tmp_path / "a", **kwargs)
+        short = ContraNetTrainSettings(
+            gan_epochs=1,
+            aux_epochs=1,
+            dis_epochs=0,
+            dmm_pretrain_epochs=0,
+            dmm_epochs=0,
+            batch_size=8,
+        )
+        train_contranet(TINY, x, y, settings=short, run_dir=tmp_path / "b", **kwargs)
+        resumed = train_contranet(TINY, x, y, settings=ALL_STAGES, run_dir=tmp_path / "b", **kwargs)
+        # The short run ends after 'aux'; the resumed run continues with 'dis'.
+        assert [r["stage"] for r in resumed.history] == ["gan", "aux", "dis", "dmm_pretrain", "dmm"]
+        for (k, a), b in zip(
+            whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+        ):
+            torch.testing.assert_close(a, b, msg=k)
+
+    def test_resume_refuses_another_architecture(self, tmp_path) -> None:
+        x, y = data()
+        settings = ContraNetTrainSettings(
+            gan_epochs=1, dis_epochs=0, dmm_pretrain_epochs=0, dmm_epochs=0, batch_size=8
+        )
+        train_contranet(TINY, x, y, settings=settings, run_dir=tmp_path, progress=False, log=None)
+        other = ContraNetConfig(**{**TINY.__dict__, "g_ch": 3})
+        with pytest.raises(CheckpointError, match="ContraNetConfig"):
+            train_contranet(other, x, y, settings=settings, run_dir=tmp_path, progress=False)
+
+    def test_bad_labels_are_named(self) -> None:
+        x, _ = data(8)
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+            train_contranet(TINY, x, torch.full((8,), 4), settings=ALL_STAGES, progress=False)
+        with pytest.raises(ValueError, match="images must be"):
+            train_contranet(TINY, torch.rand(8, 3, 32, 32), torch.zeros(8, dtype=torch.long))
+
+
+_DDP_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, torch
+    from torch import nn
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from guardnet.nets.contranet import ContraNetConfig
+    from guardnet.train.contranet import ContraNetTrainSettings, train_contranet
+
+    torch.set_num_threads(1)
+    out = sys.argv[1]
+    config = ContraNetConfig(num_classes=4, in_channels=1, g_ch=2, d_ch=2, dmm_backbone="cnn",
+                             dmm_width=0.25, encoder_features=16, dmm_hidden=16)
+    settings = ContraNetTrainSettings(gan_epochs=1, aux_epochs=1, dis_epochs=1,
+                                      dmm_pretrain_epochs=1, dmm_epochs=1, batch_size=8)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(32, 1, 28, 28, generator=g), torch.randint(0, 4, (32,), generator=g)
+    torch.manual_seed(2)
+    clf = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 4)).eval()
+    result = train_contranet(config, x, y, settings=settings, classify=clf,
+                             run_dir=os.path.join(out, "run"), progress=False, log=None)
+    rank = dist.get_rank()
+    save_file({k: v.contiguous() for k, v in result.model.state_dict().items()},
+              os.path.join(out, f"rank{rank}.safetensors"))
+    with open(os.path.join(out, f"rank{rank}.steps"), "w") as f:
+        f.write(str(len(result.history)))
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_ddp_under_torchrun_with_gloo(tmp_path) -> None:
+    script = tmp_path / "train_ddp.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "0",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "localhost:0",
+        str(script),
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a = load_file(str(tmp_path / "rank0.safetensors"))
+    b = load_file(str(tmp_path / "rank1.safetensors"))
+    # DDP keeps the ranks' weights identical (gradients averaged, buffers broadcast).
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert (tmp_path / "rank1.steps").read_text() == "5"
+    assert latest_checkpoint(tmp_path / "run").name == "epoch-0005"
+
+
+def _fixture_split(name: str, split: str, *, limit: int | None = None, **_: object):
+    """``load_split`` on the shipped MNIST fixtures (data-free tests; not a real split)."""
+    from guardnet.data import SplitDataset, dataset_info, load_fixture
+
+    images, labels = load_fixture("mnist" if split == "train" else "mnist-val")
+    images, labels = images[:limit], labels[:limit]
+    indices = torch.arange(labels.numel())
+    return SplitDataset(images, labels, info=dataset_info(name), split=split, indices=indices)
+
+
+def test_cli_trains_a_contranet(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    import guardnet.data
+    from guardnet.cli import main
+    from guardnet.layers import ContraNetLayer
+
+    monkeypatch.setattr(guardnet.data, "load_split", _fixture_split)
+    argv = ["train", "contranet", "--dataset", "mnist", "--classifier", "mnist-cnn"]
+    argv += ["--arch-args", '{"g_ch": 2, "d_ch": 2, "dmm_backbone": "cnn"}']
+    argv += ["--epochs", "gan=1", "dis=1", "dmm_pretrain=1", "dmm=1", "--limit", "64"]
+    argv += ["--eval-limit", "32", "--settings", '{"batch_size": 16, "adv_steps": 2}']
+    argv += ["--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[gan 1/1]" in out and "[dmm 1/1]" in out and "acc_dmm_adv_negative" in out
+    folder = tmp_path / "run" / "model"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "ContraNet" and config["classifier"] == "mnist-cnn"
+    assert config["input_size"] == [1, 28, 28] and config["train_settings"]["adv_steps"] == 2
+    assert config["train_settings"]["adv_eps"] == [0.05, 0.1, 0.2, 0.3]  # MNIST defaults
+    assert set(config["metrics"]) == {
+        f"mnist_val_{k}" for k in ("l2", "ssim", "dmm_pair", "dis_pair", "ssim_pair")
+    }
+    assert shlex.join(["guardnet", *argv]) in (folder / "README.md").read_text()
+    layer = ContraNetLayer.from_pretrained(folder)
+    assert layer.num_classes == 10 and layer.net.config.g_ch == 2
+
+    with pytest.raises(SystemExit):  # argparse rejects a malformed STAGE=N
+        main([*argv[:-3], "--epochs", "gan=x", "--out", str(tmp_path / "y")])
+    assert "expected STAGE=N" in capsys.readouterr().err
+    assert main([*argv[:4], "--classifier", "resnet20-gtsrb", "--out", str(tmp_path / "z")]) == 2
+    assert "43 classes" in capsys.readouterr().err
