@@ -84,11 +84,16 @@ def _threshold_from_sorted(ordered: Tensor, rate: float, higher_is_suspicious: b
     return _suspicion(ordered[min(allowed, ordered.numel() - 1)], higher_is_suspicious)
 
 
+def _beyond(scores: Tensor, threshold: Tensor | float, higher_is_suspicious: bool) -> Tensor:
+    """Boolean mask of ``scores`` strictly on the suspicious side of ``threshold``."""
+    return scores > threshold if higher_is_suspicious else scores < threshold
+
+
 def false_positive_rate(
     scores: Tensor, threshold: Tensor | float, *, higher_is_suspicious: bool = True
 ) -> float:
     """Fraction of ``scores`` on the suspicious side of ``threshold``."""
-    rejected = scores > threshold if higher_is_suspicious else scores < threshold
+    rejected = _beyond(scores, threshold, higher_is_suspicious)
     # Exact count / n in Python floats: a float32 mean would put 5/100 above 0.05.
     return int(rejected.sum()) / scores.numel() if scores.numel() else 0.0
 
@@ -147,8 +152,7 @@ def joint_thresholds(
     def within_budget(thresholds: Mapping[str, Tensor]) -> bool:
         rejected = torch.zeros_like(scores[names[0]], dtype=torch.bool)
         for n in names:
-            s = scores[n]
-            rejected |= s > thresholds[n] if higher_is_suspicious[n] else s < thresholds[n]
+            rejected |= _beyond(scores[n], thresholds[n], higher_is_suspicious[n])
         return int(rejected.sum()) <= allowed
 
     # Each layer alone must stay within the target, so the scale lies in [0, target_fpr].
@@ -279,8 +283,7 @@ def calibrate_guard(
         s = scores[name]
         scale = _robust_scale(s)
         layer.set_threshold(thresholds[name], score_scale=scale, score=score_name)
-        threshold = thresholds[name].to(s.dtype)
-        rejected = s > threshold if layer.higher_is_suspicious else s < threshold
+        rejected = _beyond(s, thresholds[name].to(s.dtype), layer.higher_is_suspicious)
         union = rejected if union.numel() == 0 else union | rejected
         achieved = int(rejected.sum()) / rejected.numel()
         report.layers[name] = LayerCalibration(

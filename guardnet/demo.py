@@ -56,7 +56,6 @@ def _pgd(classifier: nn.Module, images: Tensor, labels: Tensor, eps: float, seed
 def _rates(result: GuardResult, labels: Tensor) -> dict[str, float]:
     correct = result.classifier_labels == labels
     fooled = ~correct
-    accepted = ~result.rejected
     return {
         "accuracy": float(correct.float().mean()),
         "rejected": float(result.rejected.float().mean()),
@@ -64,7 +63,6 @@ def _rates(result: GuardResult, labels: Tensor) -> dict[str, float]:
         # Successful attacks the guard catches (on clean data: misclassified ones rejected).
         "tpr": float(result.rejected[fooled].float().mean()) if bool(fooled.any()) else 0.0,
         "acc_rob": robust_accuracy(fooled, result.rejected),
-        "correct_and_passed": float((correct & accepted).float().mean()),
     }
 
 

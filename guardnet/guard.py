@@ -612,12 +612,11 @@ class GuardAttackView(nn.Module):
         if not rejecting:
             reject = logits.new_full((logits.shape[0], 1), float("-inf"))
         else:
+            # (B, S) per layer (S = 1 for single-score layers) against its S thresholds.
             margins = torch.cat(
                 [
                     layer.margin(
                         torch.stack([result.scores[k] for k in score_keys(name, layer)], dim=1)
-                        if layer.score_names
-                        else result.scores[name].unsqueeze(1)
                     )
                     for name, layer in rejecting.items()
                 ],

@@ -52,15 +52,15 @@ def evaluate(guard: GuardedModel, clean: Tensor, labels: Tensor, attacks: dict) 
     clean_scores = result.scores
     for name, (adv, adv_labels) in attacks.items():
         r = guard(adv)
-        fooled = r.classifier_labels != adv_labels
-        success = fooled
+        # Attacks ran on correctly classified images: fooled = a successful example.
+        success = r.classifier_labels != adv_labels
         n_success = int(success.sum())
         entry = {
             "attacked": len(adv_labels),
             "successful": n_success,
             "attack_success_rate": n_success / max(len(adv_labels), 1),
             "tpr": float(r.rejected[success].float().mean()) if n_success else float("nan"),
-            "acc_rob": robust_accuracy(fooled, r.rejected),
+            "acc_rob": robust_accuracy(success, r.rejected),
             "per_score_tpr": {
                 k: float(v[success].float().mean()) if n_success else float("nan")
                 for k, v in r.layer_rejected.items()
@@ -68,8 +68,7 @@ def evaluate(guard: GuardedModel, clean: Tensor, labels: Tensor, attacks: dict) 
             "auroc": {},
         }
         if n_success:
-            for key, layer_and_name in guard.rejectors.items():
-                layer = layer_and_name[0]
+            for key, (layer, _) in guard.rejectors.items():
                 entry["auroc"][key] = auroc(
                     clean_scores[key],
                     r.scores[key][success],

@@ -137,11 +137,6 @@ class Layer(nn.Module):
         # Typical size of a clean score deviation; normalises margins in the attack view.
         self.register_buffer("score_scale", torch.ones(shape))
 
-    @property
-    def num_scores(self) -> int:
-        """Scores per input: 1, or ``len(score_names)``."""
-        return len(self.score_names) or 1
-
     def forward(self, inputs: LayerInput) -> LayerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -177,17 +172,11 @@ class Layer(nn.Module):
         """
         if score_scale is not None and not score_scale > 0:
             raise ValueError(f"score_scale must be > 0, got {score_scale}")
-        if score is None:
-            targets = [self.threshold], [self.score_scale]
-        else:
-            if score not in self.score_names:
-                raise ValueError(
-                    f"{type(self).__name__} has scores {list(self.score_names)}, not {score!r}"
-                )
-            i = self.score_names.index(score)
-            targets = [self.threshold[i]], [self.score_scale[i]]
-        for t in targets[0]:
-            t.fill_(float(threshold))
+        if score is not None and score not in self.score_names:
+            raise ValueError(
+                f"{type(self).__name__} has scores {list(self.score_names)}, not {score!r}"
+            )
+        where = ... if score is None else self.score_names.index(score)
+        self.threshold[where] = float(threshold)
         if score_scale is not None:
-            for t in targets[1]:
-                t.fill_(float(score_scale))
+            self.score_scale[where] = float(score_scale)

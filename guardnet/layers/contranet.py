@@ -109,25 +109,25 @@ class ContraNetLayer(Layer):
             return None
         return torch.Generator(device=device).manual_seed(self.seed)
 
-    def forward(self, inputs: LayerInput) -> LayerOutput:
-        if inputs.labels is None:
-            raise RuntimeError("ContraNetLayer is a post layer: it needs the predicted labels")
-        self._check(inputs.images)
-        x = to_unit_range(inputs.images, self.net.config.image_size)
-        rebuilt = self.net.rebuild(
-            x, inputs.labels, sample=self.sample, generator=self._generator(x.device)
-        )
-        return LayerOutput(scores=self.net.scores(x, rebuilt, inputs.labels))
-
-    @torch.no_grad()
-    def rebuild(self, images: Tensor, labels: Tensor) -> Tensor:
-        """Rebuild [0, 1] images under ``labels``; returns (B, C, 32, 32) images in [0, 1]."""
+    def _rebuild(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """ContraNet's input (32x32, [-1, 1]) and its rebuild under ``labels``."""
         self._check(images)
         x = to_unit_range(images, self.net.config.image_size)
         rebuilt = self.net.rebuild(
             x, labels, sample=self.sample, generator=self._generator(x.device)
         )
-        return from_unit_range(rebuilt)
+        return x, rebuilt
+
+    def forward(self, inputs: LayerInput) -> LayerOutput:
+        if inputs.labels is None:
+            raise RuntimeError("ContraNetLayer is a post layer: it needs the predicted labels")
+        x, rebuilt = self._rebuild(inputs.images, inputs.labels)
+        return LayerOutput(scores=self.net.scores(x, rebuilt, inputs.labels))
+
+    @torch.no_grad()
+    def rebuild(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Rebuild [0, 1] images under ``labels``; returns (B, C, 32, 32) images in [0, 1]."""
+        return from_unit_range(self._rebuild(images, labels)[1])
 
     @torch.no_grad()
     def reconstruction_grid(

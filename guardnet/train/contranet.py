@@ -35,6 +35,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,15 +431,10 @@ class _Trainer:
                 f"the checkpoint was written for ContraNetConfig {saved_config}, this run uses "
                 f"{dataclasses.asdict(self.config)}: use another run folder or resume=False"
             )
-        saved_settings = {k: v for k, v in state["settings"].items() if k != "log_every"}
-        current = {k: v for k, v in self.s.to_dict().items() if k != "log_every"}
-        changed = [
-            k
-            for k in current
-            if k not in ("gan_epochs", "aux_epochs", "dis_epochs", "dmm_pretrain_epochs")
-            and k != "dmm_epochs"
-            and saved_settings.get(k) != current[k]
-        ]
+        # Epoch counts may grow (a longer schedule continues); log_every is cosmetic.
+        free = {f"{stage}_epochs" for stage in STAGES} | {"log_every"}
+        saved = state["settings"]
+        changed = [k for k, v in self.s.to_dict().items() if k not in free and saved.get(k) != v]
         if changed:
             raise CheckpointError(
                 f"settings {changed} differ from the checkpoint's; resuming would mix two "
@@ -624,6 +620,33 @@ class _Trainer:
         self.encoder.eval()
         self.g_ema.eval()
 
+    def consistency_pairs(
+        self, native: Tensor, x: Tensor, y: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, int]:
+        """Inputs, the labels to rebuild them under, and which pairs are consistent.
+
+        Clean images under their true and a wrong label; with a classifier, also their PGD
+        copies under the true label (consistent) and the attack's label (not). Returns
+        ``(inputs, labels, consistent, n_adv)``; the last ``n_adv`` pairs are the adversarial
+        negatives.
+        """
+        inputs, labels, consistent = [x, x], [y, self.wrong(y)], [True, False]
+        adv = self.adversarial(native, y)
+        n_adv = 0
+        if adv is not None:
+            x_adv, y_true, y_neg = adv
+            inputs += [x_adv, x_adv]
+            labels += [y_true, y_neg]
+            consistent += [True, False]
+            n_adv = x_adv.shape[0]
+        target = torch.cat(
+            [
+                torch.full_like(lab, c, dtype=torch.bool)
+                for lab, c in zip(labels, consistent, strict=True)
+            ]
+        )
+        return torch.cat(inputs), torch.cat(labels), target, n_adv
+
     def run_dis(self, desc: str) -> dict[str, Tensor]:
         ctx, dev = self.ctx, self.device
         self._frozen_rebuilder()
@@ -632,23 +655,10 @@ class _Trainer:
         opt = self.optimizers["dis"]
         totals = _Totals(dev)
         for native, x, y in self.batches(desc):
-            inputs, labels, positive = [x, x], [y, self.wrong(y)], [True, False]
-            adv = self.adversarial(native, y)
-            if adv is not None:
-                x_adv, y_true, y_neg = adv
-                inputs += [x_adv, x_adv]
-                labels += [y_true, y_neg]
-                positive += [True, False]
-            target = torch.cat(
-                [
-                    torch.full_like(lab, int(p), dtype=torch.bool)
-                    for lab, p in zip(labels, positive, strict=True)
-                ]
-            )
-            labels_all = torch.cat(labels)
-            rebuilt = self._rebuild(torch.cat(inputs), labels_all)
+            inputs, labels, target, _ = self.consistency_pairs(native, x, y)
+            rebuilt = self._rebuild(inputs, labels)
             opt.zero_grad(set_to_none=True)
-            logits = dis(rebuilt, labels_all)
+            logits = dis(rebuilt, labels)
             loss = _hinge_d(logits[target], logits[~target])
             loss.backward()
             opt.step()
@@ -681,28 +691,19 @@ class _Trainer:
         opt = self.optimizers["dmm"]
         totals = _Totals(dev)
         for native, x, y in self.batches(desc):
-            inputs, labels, targets = [x, x], [y, self.wrong(y)], [1, 0]
-            adv = self.adversarial(native, y)
-            if adv is not None:
-                x_adv, y_true, y_neg = adv
-                inputs += [x_adv, x_adv]
-                labels += [y_true, y_neg]
-                targets += [1, 0]
-            x_all, labels_all = torch.cat(inputs), torch.cat(labels)
-            target = torch.cat(
-                [torch.full_like(lab, t) for lab, t in zip(labels, targets, strict=True)]
-            )
-            rebuilt = self._rebuild(x_all, labels_all)
+            inputs, labels, consistent, n_adv = self.consistency_pairs(native, x, y)
+            target = consistent.long()
+            rebuilt = self._rebuild(inputs, labels)
             opt.zero_grad(set_to_none=True)
-            logits = dmm(x_all, rebuilt, labels_all)
+            logits = dmm(inputs, rebuilt, labels)
             loss = F.cross_entropy(logits, target)
             loss.backward()
             opt.step()
             acc = (logits.argmax(dim=1) == target).float().mean()
             totals.add(loss_dmm=loss, acc_dmm=acc)
-            if adv is not None:
-                n = x_adv.shape[0]
-                totals.add(acc_dmm_adv_negative=(logits[-n:].argmax(dim=1) == 0).float().mean())
+            if n_adv:
+                negative = logits[-n_adv:].argmax(dim=1) == 0
+                totals.add(acc_dmm_adv_negative=negative.float().mean())
         return totals.mean()
 
 
@@ -790,9 +791,7 @@ def train_contranet(
     schedule = settings.schedule()
     started = time.perf_counter()
     previous_seconds = sum(r.get("seconds", 0.0) for r in trainer.history)
-    counts: dict[str, int] = {}
-    for stage, _ in schedule:
-        counts[stage] = counts.get(stage, 0) + 1
+    counts = Counter(stage for stage, _ in schedule)
     for unit in range(first, len(schedule)):
         stage, epoch = schedule[unit]
         desc = f"{stage} {epoch + 1}/{counts[stage]}"
@@ -859,8 +858,9 @@ def evaluate_contranet(
     model = model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    sums = dict.fromkeys(("l2", "ssim", "dmm_pair", "dis_pair", "ssim_pair"), 0.0)
-    parts: dict[str, list[Tensor]] = {k: [] for k in sums}
+    parts: dict[str, list[Tensor]] = {
+        k: [] for k in ("l2", "ssim", "dmm_pair", "dis_pair", "ssim_pair")
+    }
     for start in range(0, labels.shape[0], batch_size):
         x = to_unit_range(images[start : start + batch_size].to(device))
         y = labels[start : start + batch_size].to(device)
