@@ -19,7 +19,8 @@ import json
 import shlex
 import sys
 from collections.abc import Sequence
-from typing import Any
+
+from guardnet._utils import json_object_arg
 
 __all__ = ["build_parser", "main"]
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_classifier(train_sub)
     _add_train_contranet(train_sub)
     _add_bench(sub)
+    from guardnet.eval.command import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -184,17 +188,6 @@ def _bench(args: argparse.Namespace, command: str) -> int:
 _DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 
 
-def _json_object(text: str) -> dict[str, Any]:
-    """Parse an option's JSON object (argparse ``type``)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
 def _add_train_classifier(train_sub: argparse._SubParsersAction) -> None:
     """Add ``train classifier`` and its options to the ``train`` subparsers."""
     cls = train_sub.add_parser(
@@ -222,7 +215,7 @@ def _add_train_classifier(train_sub: argparse._SubParsersAction) -> None:
     )
     cls.add_argument(
         "--arch-args",
-        type=_json_object,
+        type=json_object_arg,
         default=None,
         metavar="JSON",
         help="extra builder arguments, e.g. '{\"depth\": 32}' for CifarResNet",
@@ -324,7 +317,7 @@ def _add_train_contranet(train_sub: argparse._SubParsersAction) -> None:
     cn.add_argument("--preset", choices=["small", "authors"], default="small")
     cn.add_argument(
         "--arch-args",
-        type=_json_object,
+        type=json_object_arg,
         default=None,
         metavar="JSON",
         help="overrides of the preset's ContraNetConfig fields, e.g. '{\"g_ch\": 8}'",
@@ -346,7 +339,7 @@ def _add_train_contranet(train_sub: argparse._SubParsersAction) -> None:
     )
     cn.add_argument(
         "--settings",
-        type=_json_object,
+        type=json_object_arg,
         default=None,
         metavar="JSON",
         help="other ContraNetTrainSettings fields, e.g. '{\"batch_size\": 128}'",
@@ -511,6 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _list_models()
     if args.command == "bench":
         return _bench(args, command)
+    if args.command == "eval":
+        from guardnet.eval.command import run_eval
+
+        return run_eval(args, command)
     if args.command == "train":
         if args.train_command == "classifier":
             return _train_classifier(args, command)

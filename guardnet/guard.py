@@ -318,7 +318,9 @@ class GuardedModel(nn.Module):
                 "load calibrated weights (use guard.compute_scores(x) for raw scores)"
             )
 
-    def _call_layer(self, layer: Layer, inputs: LayerInput, *, grad: bool) -> LayerOutput:
+    def _call_layer(
+        self, layer: Layer, inputs: LayerInput, *, grad: bool, bpda: bool = False
+    ) -> LayerOutput:
         if layer.kind is LayerKind.PROBE:
             # Probe layers query the classifier with gradients even inside no_grad or
             # inference_mode; inference tensors must be cloned outside inference mode first.
@@ -337,12 +339,21 @@ class GuardedModel(nn.Module):
                 labels=out.labels,
             )
         if grad and not layer.differentiable:
+            estimate = layer.bpda_forward(inputs) if bpda else None
+            if estimate is not None:
+                return estimate
             with torch.no_grad():
                 return layer(inputs)
         return layer(inputs)
 
     def _pipeline(
-        self, images: Tensor, *, cascade: bool, grad: bool, apply_thresholds: bool = True
+        self,
+        images: Tensor,
+        *,
+        cascade: bool,
+        grad: bool,
+        apply_thresholds: bool = True,
+        bpda: bool = False,
     ) -> GuardResult:
         """Run layers and classifier on one (already validated) chunk."""
         batch = images.shape[0]
@@ -379,7 +390,7 @@ class GuardedModel(nn.Module):
                     rejected_by_layer[key] = torch.zeros_like(rejected)
                 continue
             sub_inputs = inputs if index is None else inputs.select(index)
-            out = self._call_layer(layer, sub_inputs, grad=grad)  # type: ignore[arg-type]
+            out = self._call_layer(layer, sub_inputs, grad=grad, bpda=bpda)  # type: ignore[arg-type]
             layer_scores = out.scores
             expected = (
                 (sub_inputs.batch_size, len(keys))
@@ -553,13 +564,18 @@ class GuardedModel(nn.Module):
             progress=progress,
         )
 
-    def attack_view(self) -> GuardAttackView:
+    def attack_view(self, *, bpda: bool = True) -> GuardAttackView:
         """An ``nn.Module`` with K+1 logits so attack libraries can attack classifier and guard.
+
+        Args:
+            bpda: layers that are not differentiable but offer a surrogate gradient
+                (:meth:`Layer.bpda_forward`, e.g. SAEC's histogram) use it; ``False``: they
+                contribute no gradient.
 
         See :class:`GuardAttackView`.
         """
         self._check_calibrated()
-        return GuardAttackView(self)
+        return GuardAttackView(self, bpda=bpda)
 
     def extra_repr(self) -> str:
         return (
@@ -579,18 +595,25 @@ class GuardAttackView(nn.Module):
 
     Gradients flow through the classifier and through layers with ``differentiable = True``.
     Non-differentiable layers (e.g. SAEC's histogram, A2D's attack counts) still decide the
-    argmax exactly but contribute no gradient; attacks that need them use straight-through or
-    BPDA estimates (``guardnet.eval``).
+    argmax exactly; with ``bpda=True`` those that define :meth:`Layer.bpda_forward` (SAEC: a
+    straight-through soft histogram) pass a surrogate gradient, the others none. The predicted
+    label that post layers condition on (ContraNet) is an argmax: it is treated as a constant,
+    the straight-through choice.
 
     The view runs in eval mode and ignores the cascade. It is an attack surface, not a faster
     guard: it checks shapes but not the [0, 1] range, since attacks keep inputs in range
     themselves.
     """
 
-    def __init__(self, guard: GuardedModel) -> None:
+    def __init__(self, guard: GuardedModel, *, bpda: bool = True) -> None:
         super().__init__()
         self.guard = guard
-        if not any(layer.differentiable for layer in guard.rejecting_layers.values()):
+        self.bpda = bpda
+        layers = guard.rejecting_layers.values()
+        if not any(
+            layer.differentiable or (bpda and type(layer).bpda_forward is not Layer.bpda_forward)
+            for layer in layers
+        ):
             warnings.warn(
                 "no rejecting layer of this guard is differentiable: gradients of the reject "
                 "logit come from the classifier only",
@@ -602,25 +625,41 @@ class GuardAttackView(nn.Module):
         k = self.guard.num_classes
         return None if k is None else k + 1
 
-    def forward(self, images: Tensor) -> Tensor:
+    @property
+    def margin_keys(self) -> list[str]:
+        """The score keys of the columns of :meth:`logits_and_margins`' margins."""
+        return list(self.guard.rejectors)
+
+    def logits_and_margins(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The classifier's logits (B, K) and every rejector's margin (B, R), differentiably.
+
+        Margins are in units of each score's clean spread, > 0 when that score rejects; columns
+        follow :attr:`margin_keys`. Adaptive attacks (``guardnet.eval``) build their losses
+        from these two tensors.
+        """
         guard = self.guard
         guard._check_input(images, check_values=False)
         with eval_mode(guard):
-            result = guard._pipeline(images, cascade=False, grad=True)
-        logits = result.logits
+            result = guard._pipeline(images, cascade=False, grad=True, bpda=self.bpda)
         rejecting = guard.rejecting_layers
         if not rejecting:
+            return result.logits, result.logits.new_zeros(result.logits.shape[0], 0)
+        # (B, S) per layer (S = 1 for single-score layers) against its S thresholds.
+        margins = torch.cat(
+            [
+                layer.margin(
+                    torch.stack([result.scores[k] for k in score_keys(name, layer)], dim=1)
+                )
+                for name, layer in rejecting.items()
+            ],
+            dim=1,
+        )
+        return result.logits, margins.to(result.logits.dtype)
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits, margins = self.logits_and_margins(images)
+        if margins.shape[1] == 0:
             reject = logits.new_full((logits.shape[0], 1), float("-inf"))
         else:
-            # (B, S) per layer (S = 1 for single-score layers) against its S thresholds.
-            margins = torch.cat(
-                [
-                    layer.margin(
-                        torch.stack([result.scores[k] for k in score_keys(name, layer)], dim=1)
-                    )
-                    for name, layer in rejecting.items()
-                ],
-                dim=1,
-            )
             reject = logits.amax(dim=1, keepdim=True) + margins.amax(dim=1, keepdim=True)
-        return torch.cat([logits, reject.to(logits.dtype)], dim=1)
+        return torch.cat([logits, reject], dim=1)

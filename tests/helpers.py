@@ -85,3 +85,22 @@ class ShiftLabelsLayer(Layer):
         reformed = 1 - inputs.images
         logits = inputs.classifier(reformed)
         return LayerOutput(scores=logits.amax(dim=1), images=reformed, logits=logits)
+
+
+class SumClassifier(nn.Module):
+    """Two classes on any input: class 1 iff the pixels sum to more than 1."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.flatten(1).sum(dim=1) - 1.0
+        return torch.stack([-s, s], dim=1) * 10
+
+
+class SecondPixelDetector(Layer):
+    """``pre``, differentiable: the distance of the second pixel from 0.5."""
+
+    kind = LayerKind.PRE
+    differentiable = True
+    default_name = "pixel"
+
+    def forward(self, inputs: LayerInput) -> LayerOutput:
+        return LayerOutput(scores=(inputs.images.flatten(1)[:, 1] - 0.5).abs())

@@ -374,10 +374,28 @@ class TestAttackView:
     def test_warns_when_no_rejecting_layer_is_differentiable(self) -> None:
         guard = calibrated(GuardedModel(TinyClassifier(), [SAECLayer()]))
         with pytest.warns(UserWarning, match="no rejecting layer of this guard is differentiable"):
-            view = guard.attack_view()
+            view = guard.attack_view(bpda=False)
         x = torch.rand(4, 3, 16, 16, requires_grad=True)
         view(x).sum().backward()  # still differentiable through the classifier
         assert x.grad is not None
+        x.grad = None
+        _, margins = view.logits_and_margins(x)
+        assert not margins.requires_grad  # SAEC passes no gradient without BPDA
+
+    def test_bpda_passes_a_gradient_through_saec_with_exact_values(self) -> None:
+        guard = calibrated(GuardedModel(TinyClassifier(), [SAECLayer()]))
+        view = guard.attack_view()  # bpda=True by default: no warning
+        x = torch.rand(4, 3, 16, 16).mul(0.02).add(0.5).requires_grad_(True)
+        _, margins = view.logits_and_margins(x)
+        assert view.margin_keys == ["saec"] and margins.shape == (4, 1)
+        exact = guard.layers["saec"].margin(guard.compute_scores(x.detach())["saec"])
+        torch.testing.assert_close(margins.detach().squeeze(1), exact)
+        margins.sum().backward()
+        assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+        # The view's reject logit is the same with and without BPDA.
+        torch.testing.assert_close(
+            view(x.detach()), guard.attack_view(bpda=False)(x.detach()), rtol=0, atol=0
+        )
 
     def test_works_with_torchattacks(self) -> None:
         torchattacks = pytest.importorskip("torchattacks")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from guardnet.errors import InputDTypeError, InputShapeError
 from guardnet.ops import (
@@ -16,7 +17,9 @@ from guardnet.ops import (
     highpass_filter,
     histogram_variance,
     pseudo_saturation_map,
+    soft_histogram,
     srm_kernel,
+    straight_through_histogram,
 )
 from guardnet.ops.highpass import _correlate, _stack_kernels
 from guardnet.ops.histogram import _bin_counts
@@ -432,6 +435,43 @@ def test_histogram_module(gen: torch.Generator) -> None:
 
 
 # --------------------------------------------------------------------------- pipeline
+
+
+def test_soft_histogram_hand_computed_and_mass() -> None:
+    values = torch.tensor([[0.25, 0.5, 0.75, 0.0, 2.0, float("nan")]])
+    # Centres at 0.25 and 0.75: 0.25 and 0.75 are whole, 0.5 splits in half, 0.0 keeps only
+    # its inner half (the other half falls off the end), 2.0 and NaN are outside.
+    soft = soft_histogram(values, bins=2, value_range=(0.0, 1.0), normalize=False)
+    torch.testing.assert_close(soft, torch.tensor([[2.0, 1.5]]))
+
+
+def test_soft_histogram_gradient_matches_finite_differences(gen: torch.Generator) -> None:
+    values = (torch.rand(2, 50, generator=gen, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    weights = torch.rand(2, 8, generator=gen, dtype=torch.float64)
+
+    def objective(v: Tensor) -> Tensor:
+        return (soft_histogram(v, bins=8, value_range=(0.0, 1.0)) * weights).sum()
+
+    assert torch.autograd.gradcheck(objective, (values,))
+
+
+def test_straight_through_histogram_values_exact_gradient_soft(gen: torch.Generator) -> None:
+    values = torch.randn(3, 200, generator=gen).mul(0.01).requires_grad_()
+    kwargs = {"bins": 32, "value_range": (-0.02, 0.02)}
+    st = straight_through_histogram(values, **kwargs)
+    torch.testing.assert_close(st.detach(), batched_histogram(values.detach(), **kwargs))
+    weights = torch.rand(3, 32, generator=gen)  # a linear read-out: same backward for both
+    (st * weights).sum().backward()
+    grad_st = values.grad.clone()
+    values.grad = None
+    (soft_histogram(values, **kwargs) * weights).sum().backward()
+    torch.testing.assert_close(grad_st, values.grad)
+    assert bool(grad_st.abs().sum() > 0)
+
+
+def test_soft_histogram_rejects_integers() -> None:
+    with pytest.raises(InputDTypeError, match="floating"):
+        soft_histogram(torch.zeros(2, 3, dtype=torch.long), bins=2, value_range=(0.0, 1.0))
 
 
 def test_saec_pipeline_empty_batch() -> None:

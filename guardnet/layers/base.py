@@ -140,6 +140,17 @@ class Layer(nn.Module):
     def forward(self, inputs: LayerInput) -> LayerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def bpda_forward(self, inputs: LayerInput) -> LayerOutput | None:
+        """Exact scores with a surrogate gradient, for a layer whose scores are not differentiable.
+
+        Gradient attacks through :meth:`guardnet.GuardedModel.attack_view` (``bpda=True``) call
+        this instead of :meth:`forward` on layers with ``differentiable = False``: the values
+        must equal :meth:`forward`'s, the gradient is an estimate (BPDA / straight-through,
+        Athalye et al., ICML 2018). ``None`` (the default): the layer has no estimate and
+        contributes no gradient.
+        """
+        return None
+
     def reject(self, scores: Tensor) -> Tensor:
         """Boolean mask, shaped like ``scores``, of scores on the suspicious side of the threshold.
 

@@ -46,6 +46,7 @@ from guardnet.ops import (
     batched_histogram,
     histogram_variance,
     pseudo_saturation_map,
+    straight_through_histogram,
 )
 
 __all__ = ["DEFAULT_KERNELS", "SAECLayer", "saec_score"]
@@ -166,12 +167,18 @@ class SAECLayer(Layer):
             "reduction": self.reduction,
         }
 
-    def score_images(self, images: Tensor) -> Tensor:
-        """(B,) noise-level scores of (B, C, H, W) images in [0, 1]; low = noisy."""
+    def score_images(self, images: Tensor, *, straight_through: bool = False) -> Tensor:
+        """(B,) noise-level scores of (B, C, H, W) images in [0, 1]; low = noisy.
+
+        With ``straight_through=True`` the values are the same, and the histogram's backward
+        pass is that of a linearly interpolated histogram (the BPDA estimate used by
+        :meth:`bpda_forward`).
+        """
         saturation = pseudo_saturation_map(images, p=self.p)
         residual = self.highpass(saturation)  # (B, K, H', W')
         batch, n_kernels = residual.shape[:2]
-        hist = batched_histogram(
+        histogram = straight_through_histogram if straight_through else batched_histogram
+        hist = histogram(
             residual.reshape(batch * n_kernels, -1), bins=self.bins, value_range=self.value_range
         )
         variances = histogram_variance(hist).view(batch, n_kernels)
@@ -179,6 +186,10 @@ class SAECLayer(Layer):
 
     def forward(self, inputs: LayerInput) -> LayerOutput:
         return LayerOutput(scores=self.score_images(inputs.images))
+
+    def bpda_forward(self, inputs: LayerInput) -> LayerOutput:
+        """Exact scores; gradients through a soft histogram (the only non-differentiable step)."""
+        return LayerOutput(scores=self.score_images(inputs.images, straight_through=True))
 
     @torch.no_grad()
     def calibrate_with_noise(

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from guardnet.ops.highpass import SRM_KERNELS, HighPassFilter, highpass_filter, srm_kernel
-from guardnet.ops.histogram import BatchedHistogram, batched_histogram, histogram_variance
+from guardnet.ops.histogram import (
+    BatchedHistogram,
+    batched_histogram,
+    histogram_variance,
+    soft_histogram,
+    straight_through_histogram,
+)
 from guardnet.ops.saturation import PseudoSaturationMap, pseudo_saturation_map
 
 __all__ = [
@@ -15,5 +21,7 @@ __all__ = [
     "highpass_filter",
     "histogram_variance",
     "pseudo_saturation_map",
+    "soft_histogram",
     "srm_kernel",
+    "straight_through_histogram",
 ]

@@ -9,7 +9,13 @@ from torch import Tensor, nn
 
 from guardnet.errors import InputDTypeError, InputShapeError
 
-__all__ = ["BatchedHistogram", "batched_histogram", "histogram_variance"]
+__all__ = [
+    "BatchedHistogram",
+    "batched_histogram",
+    "histogram_variance",
+    "soft_histogram",
+    "straight_through_histogram",
+]
 
 
 def _check_hist_args(bins: int, value_range: tuple[float, float]) -> tuple[float, float]:
@@ -116,6 +122,91 @@ def batched_histogram(
         # max(., 1) only matters for samples with no values at all: they give zeros, not NaN.
         return hist / max(per_sample, 1)
     return hist.contiguous()
+
+
+def soft_histogram(
+    values: Tensor,
+    *,
+    bins: int,
+    value_range: tuple[float, float],
+    normalize: bool = True,
+) -> Tensor:
+    r"""A differentiable histogram: each value is shared linearly between its two nearest bins.
+
+    A value at the centre of a bin counts fully there; between two centres it is split in
+    proportion to its distance, so the counts are piecewise linear in the values and have a
+    gradient. Values outside ``[lo, hi]`` (and NaN) are not counted, as in
+    :func:`batched_histogram`, and the half-bins at both ends lose the share that would fall
+    outside. It is a smoothed version of the exact histogram, used as the backward pass of
+    :func:`straight_through_histogram` (BPDA attacks on SAEC).
+
+    Args:
+        values: a real floating batch; everything after the batch dimension is flattened.
+        bins: number of bins, ``>= 1``.
+        value_range: ``(lo, hi)``, finite, ``lo < hi``.
+        normalize: divide by the number of values per sample.
+
+    Returns:
+        The soft histograms in the dtype of ``values`` (float32 for half types).
+
+    Shape:
+        - Input: :math:`(B, *)`
+        - Output: :math:`(B, \text{bins})`
+
+    Example:
+        >>> soft_histogram(torch.tensor([[0.25, 0.5]]), bins=2, value_range=(0.0, 1.0))
+        tensor([[0.7500, 0.2500]])
+    """
+    lo, hi = _check_hist_args(bins, value_range)
+    if not isinstance(values, Tensor) or not values.is_floating_point():
+        raise InputDTypeError("soft_histogram needs a real floating-point tensor")
+    if values.ndim < 1:
+        raise InputShapeError("values must have a batch dimension, got a 0-d tensor")
+    batch = values.shape[0]
+    per_sample = math.prod(values.shape[1:])
+    work_dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+    flat = values.reshape(batch, per_sample).to(work_dtype)
+    inside = (flat >= lo) & (flat <= hi)
+    # Position in units of bins, bin centres at integers: value v lies between centre
+    # floor(u) and floor(u) + 1 with weights (1 - frac, frac).
+    u = (flat.nan_to_num(nan=lo - 1.0) - lo) * (bins / (hi - lo)) - 0.5
+    left = u.detach().floor()
+    frac = u - left
+    zero = flat.new_zeros(())
+    # Columns 0 and bins + 1 collect the shares that fall off the ends; they are dropped.
+    left_col = left.clamp(-1, bins).to(torch.int64) + 1
+    right_col = (left_col + 1).clamp(max=bins + 1)
+    hist = flat.new_zeros(batch, bins + 2)
+    hist = hist.scatter_add(1, left_col, torch.where(inside, 1.0 - frac, zero))
+    hist = hist.scatter_add(1, right_col, torch.where(inside, frac, zero))
+    hist = hist[:, 1 : bins + 1]
+    return hist / max(per_sample, 1) if normalize else hist
+
+
+def straight_through_histogram(
+    values: Tensor,
+    *,
+    bins: int,
+    value_range: tuple[float, float],
+    normalize: bool = True,
+) -> Tensor:
+    """The exact histogram forward, the gradient of :func:`soft_histogram` backward.
+
+    The straight-through / BPDA estimate (Athalye et al., "Obfuscated Gradients Give a False
+    Sense of Security", ICML 2018) that lets gradient attacks see through the histogram of
+    :class:`guardnet.SAECLayer`: values are those of :func:`batched_histogram`.
+
+    Example:
+        >>> v = torch.tensor([[0.1, 0.6]], requires_grad=True)
+        >>> h = straight_through_histogram(v, bins=2, value_range=(0.0, 1.0))
+        >>> h.detach().tolist(), h.requires_grad
+        ([[0.5, 0.5]], True)
+    """
+    hard = batched_histogram(
+        values.detach(), bins=bins, value_range=value_range, normalize=normalize
+    )
+    soft = soft_histogram(values, bins=bins, value_range=value_range, normalize=normalize)
+    return hard.to(soft.dtype) + (soft - soft.detach())
 
 
 def histogram_variance(hist: Tensor) -> Tensor:

@@ -1,0 +1,149 @@
+"""The evaluation harness, guard recipes and ``guardnet eval``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import SecondPixelDetector, SumClassifier
+from torch import Tensor
+
+from guardnet import GuardedModel
+from guardnet.cli import main
+from guardnet.eval.attacks import AdversarialCache
+from guardnet.eval.command import parse_eps
+from guardnet.eval.harness import AttackPlan, evaluate_guard, format_eps, format_report
+from guardnet.recipes import GUARD_RECIPES, build_guard, load_recipe
+
+
+def toy_data(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x1 = 0.25 + torch.rand(n, generator=gen) * 0.15
+    x2 = 0.5 + (torch.rand(n, generator=gen) - 0.5) * 0.12
+    return torch.stack([x1, x2], dim=1).view(n, 1, 1, 2), torch.zeros(n, dtype=torch.long)
+
+
+def toy_guard() -> GuardedModel:
+    return GuardedModel(SumClassifier(), [SecondPixelDetector()], num_classes=2)
+
+
+def test_harness_on_the_toy_guard() -> None:
+    pytest.importorskip("torchattacks")
+    guard = toy_guard()
+    val, _ = toy_data(400, 0)
+    test_x, test_y = toy_data(200, 1)
+    report = evaluate_guard(
+        guard,
+        val_images=val,
+        test_images=test_x,
+        test_labels=test_y,
+        plans=[
+            AttackPlan("pgd", eps=0.4, params={"steps": 20}),
+            AttackPlan("orthogonal", adaptive=True, eps=0.4, fpr=0.05),
+            AttackPlan("orthogonal", adaptive=True, eps=0.4, fpr=0.5),
+        ],
+        fprs=(0.05, 0.03),
+        log=lambda _: None,
+    )
+    assert set(report["calibration"]) == {"0.03", "0.05", "0.5"}
+    clean = report["clean"]["0.05"]
+    assert clean["clean_accuracy"] == 1.0 and report["attacked_images"] == 200
+    assert 0.0 < clean["fpr"] <= 0.12  # a 5% budget on validation, measured on test
+    # Thresholds end at the headline FPR: the guard's own verdicts match the harness's.
+    assert float(guard(test_x).rejected.float().mean()) == pytest.approx(clean["fpr"])
+    pgd = report["attacks"]["pgd eps=0.4"]
+    assert set(pgd["at_fpr"]) == {"0.05", "0.03"}
+    m = pgd["at_fpr"]["0.05"]
+    # The classifier-only attack raises x2 and is caught every time.
+    assert m["attack_success_rate"] == 1.0 and m["tpr"] == 1.0 and m["acc_rob"] == 1.0
+    assert m["auroc"]["pixel"] == pytest.approx(1.0) and len(m["roc"]["fpr"]) >= 2
+    assert m["acc_rc"] == m["acc_rob"]  # no reform layer
+    for fpr in ("0.05", "0.5"):
+        entry = report["attacks"][f"orthogonal eps=0.4 fpr={fpr}"]
+        assert list(entry["at_fpr"]) == [fpr]  # judged at the FPR it attacked
+        m = entry["at_fpr"][fpr]
+        # Orthogonal PGD keeps x2 in place: the detector misses (nearly) everything.
+        assert m["attack_success_rate"] > 0.9 and m["tpr"] < 0.1
+        assert m["acc_rob"] == pytest.approx(1 - m["attack_success_rate"] * (1 - m["tpr"]))
+    assert report["examples"]["pgd eps=0.4"].shape == (2, 8, 1, 1, 2)
+    text = format_report(report)
+    assert "orthogonal eps=0.4 fpr=0.5" in text and "Acc_rob" in text
+
+
+def test_harness_reuses_cached_examples(tmp_path) -> None:
+    pytest.importorskip("torchattacks")
+    guard = toy_guard()
+    val, _ = toy_data(200, 0)
+    x, y = toy_data(50, 1)
+    cache = AdversarialCache(tmp_path)
+    kwargs = {
+        "val_images": val,
+        "test_images": x,
+        "test_labels": y,
+        "plans": [AttackPlan("fgsm", eps=0.1)],
+        "cache": cache,
+        "log": lambda _: None,
+    }
+    first = evaluate_guard(guard, **kwargs)
+    second = evaluate_guard(toy_guard(), **kwargs)  # another guard, same classifier
+    assert cache.hits == 1 and cache.misses == 1
+    assert first["attacks"] == {
+        k: {**v, "seconds": first["attacks"][k]["seconds"]} for k, v in second["attacks"].items()
+    }
+
+
+def test_format_and_parse_eps() -> None:
+    assert format_eps(8 / 255) == "8/255" and format_eps(0.3) == "0.3"
+    assert parse_eps("8/255") == pytest.approx(8 / 255) and parse_eps("0.1") == 0.1
+    for bad in ("x", "1/0", "-0.1"):
+        with pytest.raises(Exception, match="budget"):
+            parse_eps(bad)
+
+
+def test_recipes_build_and_load(tmp_path) -> None:
+    assert {"mnist-saec", "mnist-contranet", "mnist-mixdefense"} <= set(GUARD_RECIPES)
+    guard, recipe = build_guard("mnist-mixdefense")
+    assert list(guard.layers) == ["saec", "contranet"] and recipe.classifier == "mnist-cnn"
+    assert guard.num_classes == 10
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"dataset": "mnist", "classifier": "mnist-cnn", "layers": []}))
+    assert load_recipe(path).name == "mine"
+    with pytest.raises(ValueError, match="unknown layer type"):
+        load_recipe({"dataset": "mnist", "classifier": "mnist-cnn", "layers": [{"type": "x"}]})
+    with pytest.raises(ValueError, match="lacks"):
+        load_recipe({"dataset": "mnist"})
+    with pytest.raises(ValueError, match="neither a registered guard"):
+        load_recipe("no-such-guard")
+
+
+def test_eval_cli_on_fixtures(tmp_path, capsys) -> None:
+    pytest.importorskip("torchattacks")
+    out = tmp_path / "out"
+    argv = [
+        "eval", "--guard", "mnist-mixdefense", "--fixtures", "--limit", "12",
+        "--val-limit", "100", "--attack", "fgsm", "--eps", "0.3", "--adaptive", "bpda",
+        "--attack-args", '{"bpda": {"steps": 2}}', "--out", str(out), "--no-progress",
+        "--cache", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "fgsm eps=0.3" in text and "bpda eps=0.3 fpr=0.05" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["test_images"] == 12 and report["guard"]["name"] == "mnist-mixdefense"
+    assert report["command"].startswith("guardnet eval --guard mnist-mixdefense")
+    assert {"saec", "contranet.dmm", "contranet.dis", "contranet.ssim"} == set(
+        report["clean"]["0.05"]["per_score_fpr"]
+    )
+    assert (out / "examples.png").stat().st_size > 0 and (out / "roc.png").is_file()
+    assert main(argv) == 0  # second run: both attacks from the cache
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+
+
+def test_eval_cli_errors(capsys) -> None:
+    assert main(["eval"]) == 2
+    assert "--guard is required" in capsys.readouterr().err
+    assert main(["eval", "--guard", "nope", "--fixtures"]) == 2
+    assert "neither a registered guard" in capsys.readouterr().err
+    assert main(["eval", "--list-guards"]) == 0
+    assert "mnist-mixdefense" in capsys.readouterr().out
