@@ -254,8 +254,13 @@ def calibrate_guard(
     budget: Mapping[str, float] | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    scores: Mapping[str, Tensor] | None = None,
 ) -> CalibrationReport:
-    """Implementation of :meth:`guardnet.GuardedModel.calibrate`."""
+    """Implementation of :meth:`guardnet.GuardedModel.calibrate`.
+
+    ``scores``: the clean scores per rejector key, when already computed (e.g. by
+    :func:`collect_clean_scores` once for several target FPRs); ``clean_data`` is then unused.
+    """
     _check_fpr(target_fpr)
     if mode not in ("joint", "per_layer"):
         raise CalibrationError(f"mode must be 'joint' or 'per_layer', got {mode!r}")
@@ -264,7 +269,10 @@ def calibrate_guard(
     layers = guard.rejectors
     if not layers:
         raise CalibrationError("the guard has no layer with a threshold to calibrate")
-    scores = collect_clean_scores(guard, clean_data, batch_size=batch_size, progress=progress)
+    if scores is None:
+        scores = collect_clean_scores(guard, clean_data, batch_size=batch_size, progress=progress)
+    elif set(scores) != set(layers):
+        raise CalibrationError(f"scores name {sorted(scores)}, the guard has {sorted(layers)}")
     for name, s in scores.items():
         if not bool(torch.isfinite(s).all()):
             raise CalibrationError(f"score {name!r} produced NaN/Inf values on clean data")

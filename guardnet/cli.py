@@ -19,6 +19,7 @@ import json
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from guardnet._utils import json_object_arg
 
@@ -102,6 +103,20 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help=f"registered pretrained name, repeatable (default: {' '.join(_BENCH_MODELS)})",
     )
+    bench.add_argument(
+        "--guard",
+        action="append",
+        default=None,
+        metavar="RECIPE",
+        help="a guard recipe (guardnet eval --list-guards) to bench as a whole, repeatable; "
+        "calibrated on the shipped validation fixture of its dataset",
+    )
+    bench.add_argument(
+        "--compare-authors",
+        action="store_true",
+        help="with --guard: also bench each guard with its ContraNet replaced by a same-size "
+        "build of the ContraNet authors' architecture (random weights: the cost is the same)",
+    )
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64, 256], metavar="N")
     bench.add_argument(
         "--min-run-time",
@@ -147,7 +162,16 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         torch.set_num_threads(args.threads)
     results = []
     try:
-        for name in args.model or _BENCH_MODELS:
+        for name, guard, shape in _recipe_guards(args):
+            result = bench_guard(
+                guard,
+                input_shape=shape,
+                batch_sizes=args.batch_sizes,
+                min_run_time=args.min_run_time,
+                device=args.device,
+            )
+            results.append({"model": name, "command": command, **result})
+        for name in args.model or ([] if args.guard else _BENCH_MODELS):
             model, config = load_pretrained(name)
             guard = GuardedModel(
                 model,
@@ -183,6 +207,38 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return 0
+
+
+def _recipe_guards(args: argparse.Namespace) -> list[tuple[str, Any, tuple[int, ...]]]:
+    """``--guard`` recipes as calibrated guards (plus the authors' ContraNet variants)."""
+    from guardnet.data import load_fixture
+    from guardnet.layers import ContraNetLayer
+    from guardnet.nets.contranet import ContraNet, ContraNetConfig
+    from guardnet.recipes import build_guard
+
+    out = []
+    for spec in args.guard or []:
+        guard, recipe = build_guard(spec, device=args.device)
+        fixture = "cifar10" if recipe.dataset.startswith("cifar10") else recipe.dataset
+        val_images, _ = load_fixture(f"{fixture}-val")
+        guard.calibrate(val_images.to(args.device), target_fpr=0.05, progress=False)
+        shape = tuple(val_images.shape[1:])
+        out.append((recipe.name, guard, shape))
+        if args.compare_authors and "contranet" in guard.layers:
+            ours = guard.layers["contranet"].net.config
+            authors = ContraNet.from_config(
+                ContraNetConfig.authors(ours.num_classes, ours.in_channels)
+            )
+            # A second build of the recipe (deepcopy breaks spectral-norm parametrizations),
+            # with the same thresholds and the authors' ContraNet in place of ours.
+            variant, _ = build_guard(spec, device=args.device)
+            variant.load_state_dict(guard.state_dict())
+            layer = ContraNetLayer(authors).to(args.device)
+            layer.threshold.copy_(guard.layers["contranet"].threshold)
+            layer.score_scale.copy_(guard.layers["contranet"].score_scale)
+            variant.layers["contranet"] = layer
+            out.append((f"{recipe.name} (authors' ContraNet architecture)", variant, shape))
+    return out
 
 
 _DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}

@@ -65,7 +65,8 @@ def test_bench_guard_returns_documented_keys() -> None:
             assert row[part]["median_s"] > 0 and row[part]["images_per_s"] > 0
             assert row[part]["iqr_s"] >= 0
         assert row["ratio"] > 0
-        assert row["peak_memory_bytes"] == {"classifier": None, "guard": None}
+        memory = row["peak_memory_bytes"]
+        assert memory["classifier"] > 0 and memory["guard"] >= memory["classifier"]
     text = render_markdown(result)
     assert "| 1 |" in text and "| 3 |" in text
 
@@ -82,3 +83,40 @@ def test_cli_bench_writes_json(tmp_path: Path) -> None:
     assert [r["model"] for r in results] == ["mnist-cnn"]
     assert [row["batch_size"] for row in results[0]["batches"]] == [1, 4]
     assert "mnist-cnn" in md.read_text()
+
+
+def test_peak_memory_matches_the_tensors_a_call_allocates() -> None:
+    from guardnet.eval.bench import peak_memory
+
+    conv = nn.Conv2d(3, 16, 3, padding=1).eval()
+    for batch in (2, 8):
+        x = torch.rand(batch, 3, 16, 16)
+        with torch.inference_mode():
+            peak = peak_memory(conv, x)
+        assert peak >= 4 * batch * 16 * 16 * 16  # the output, float32
+        assert peak < 4 * 4 * batch * 16 * 16 * 16  # and not much more
+
+
+def test_guard_memory_is_bounded_by_chunking() -> None:
+    from guardnet.eval.bench import peak_memory
+
+    guard = _tiny_guard()
+    guard.max_batch_size = 16
+    with torch.inference_mode():
+        small = peak_memory(guard, torch.rand(16, 3, 16, 16))
+        large = peak_memory(guard, torch.rand(128, 3, 16, 16))
+    # 8x the images: the per-chunk work is the same, only the gathered outputs grow.
+    assert large < 3 * small
+
+
+def test_cli_bench_guard_recipe_with_the_authors_architecture(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--guard", "mnist-contranet", "--compare-authors", "--batch-sizes", "2"]
+    assert main([*argv, "--min-run-time", "0.01", "--threads", "1", "--json", str(out)]) == 0
+    ours, authors = json.loads(out.read_text())
+    assert ours["model"] == "mnist-contranet" and "authors'" in authors["model"]
+    # Same classifier, a much larger ContraNet: the FLOP counts say so.
+    assert ours["flops_per_image"]["classifier"] == authors["flops_per_image"]["classifier"]
+    theirs = authors["flops_per_image"]["layers"]["contranet"]["counted"]
+    assert theirs > 10 * ours["flops_per_image"]["layers"]["contranet"]["counted"]
+    assert ours["batches"][0]["peak_memory_bytes"]["guard"] > 0

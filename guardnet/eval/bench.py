@@ -13,9 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from guardnet.guard import GuardedModel
-from guardnet.layers.base import LayerInput
+from guardnet.layers.base import LayerInput, LayerKind
 from guardnet.layers.saec import SAECLayer
 
 __all__ = [
@@ -158,30 +159,55 @@ def measure_latency(
     }
 
 
-def peak_memory(fn: Callable[[Tensor], Any], example_input: Tensor) -> int | None:
-    """Peak extra device memory of one call, in bytes.
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the C++ profiler's start/stop lines on file descriptor 2."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # pragma: no cover - no fd 2
+        yield
+        return
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def peak_memory(fn: Callable[[Tensor], Any], example_input: Tensor) -> int:
+    """Peak memory of the tensors one call allocates, in bytes.
 
     On CUDA: ``torch.cuda.max_memory_allocated`` during the call minus the memory allocated
-    before it (tensors the call allocates, at their peak; not the caching allocator's reserve).
-    On CPU: ``None``; there is no allocator counter to read, and RSS deltas mostly measure the
-    allocator's caching, so no number is reported.
+    before it. On CPU: the running sum of allocations and frees that ``torch.profiler`` records
+    (``profile_memory=True``, events in time order), at its maximum. Both count tensor memory
+    (not the allocator's cache, not Python objects); the input is not counted, the output is.
 
     Args:
         fn: the callable.
         example_input: its input.
 
     Returns:
-        Bytes, or ``None`` off CUDA.
+        Bytes.
     """
-    if example_input.device.type != "cuda":
-        return None
-    device = example_input.device
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn(example_input)
-    torch.cuda.synchronize(device)
-    return int(torch.cuda.max_memory_allocated(device) - before)
+    if example_input.device.type == "cuda":
+        device = example_input.device
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn(example_input)
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(example_input)
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return int(peak)
 
 
 def _cpu_model() -> str:
@@ -258,12 +284,20 @@ def bench_guard(
             return guard(x)
 
     one = torch.rand((1, *shape), generator=generator).to(device)
-    classifier_flops = count_flops(classify, one)
-    guard_flops = count_flops(run_guard, one)
+    # FlopCounterMode hooks modules for autograd: count under no_grad, not inference_mode (in
+    # which parametrized weights, e.g. spectral norm, come out as inference tensors it rejects).
+    classifier_flops = count_flops(guard.classify, one)
+    guard_flops = count_flops(guard, one)
     layers: dict[str, Any] = {}
     notes = list(guard_flops["notes"])
+    with torch.no_grad():
+        logits = guard.classify(one)
+    after_classifier = LayerInput(
+        images=one, logits=logits, labels=logits.argmax(dim=1), classifier=guard.classify
+    )
     for name, layer in guard.layers.items():
-        counted = count_flops(lambda x, layer=layer: layer(LayerInput(images=x)), one)
+        inputs = LayerInput(images=one) if layer.kind is LayerKind.PRE else after_classifier
+        counted = count_flops(lambda x, layer=layer, inputs=inputs: layer(inputs), one)
         entry: dict[str, Any] = {"counted": counted["total"]}
         if isinstance(layer, SAECLayer):
             entry["elementwise_estimate"] = saec_elementwise_ops(layer, shape)
@@ -292,8 +326,12 @@ def bench_guard(
                 },
             }
         )
-    if device.type != "cuda":
-        notes.append("peak memory is reported on CUDA only (None on CPU).")
+    notes.append(
+        "peak memory: tensors allocated by one call at their peak (CUDA allocator statistics; "
+        "on CPU the torch.profiler allocation events); the guard splits batches larger than "
+        f"its max_batch_size ({guard.max_batch_size}) into chunks, so its peak stops growing "
+        "there."
+    )
     return {
         "metadata": hardware_metadata(device),
         "input_shape": list(shape),
@@ -313,6 +351,10 @@ def _si(value: float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.3g}{unit}"
     return f"{value:.3g}"
+
+
+def _megabytes(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.1f}"
 
 
 def render_markdown(results: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
@@ -349,17 +391,19 @@ def render_markdown(results: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
         parts.append(
             "| batch | classifier ms (IQR, blocks) | guard ms (IQR, blocks) | classifier img/s "
             "| guard img/s "
-            "| guard / classifier | overhead ms/img |"
+            "| guard / classifier | overhead ms/img | peak MB classifier / guard |"
         )
-        parts.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        parts.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for row in result["batches"]:
             bare, whole = row["classifier"], row["guard"]
+            memory = row["peak_memory_bytes"]
             parts.append(
                 f"| {row['batch_size']} "
                 f"| {1e3 * bare['median_s']:.3f} ({1e3 * bare['iqr_s']:.3f}, {bare['runs']}) "
                 f"| {1e3 * whole['median_s']:.3f} ({1e3 * whole['iqr_s']:.3f}, {whole['runs']}) "
                 f"| {bare['images_per_s']:.0f} | {whole['images_per_s']:.0f} "
-                f"| {row['ratio']:.2f}x | {row['overhead_ms_per_image']:.4f} |"
+                f"| {row['ratio']:.2f}x | {row['overhead_ms_per_image']:.4f} "
+                f"| {_megabytes(memory['classifier'])} / {_megabytes(memory['guard'])} |"
             )
         parts.append("")
     return "\n".join(parts)

@@ -72,6 +72,14 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "0.3 on MNIST)",
     )
     ev.add_argument(
+        "--l2-eps",
+        nargs="+",
+        type=parse_eps,
+        default=None,
+        metavar="EPS",
+        help="L2 budgets of pgdl2 (default: 2.0 on MNIST, 0.5 otherwise)",
+    )
+    ev.add_argument(
         "--adaptive",
         nargs="*",
         default=[],
@@ -153,9 +161,11 @@ def _plans(args: argparse.Namespace, dataset: str) -> list[Any]:
         raise ValueError('--attack-args must be a JSON object of objects: {"pgd": {"steps": 20}}')
     eps = args.eps or ([0.3] if dataset == "mnist" else [8 / 255])
     plans = []
+    l2_eps = args.l2_eps or ([2.0] if dataset == "mnist" else [0.5])
     for name in args.attack:
         takes_eps = STANDARD_ATTACKS[name][2]
-        for e in eps if takes_eps else [None]:
+        budgets = (l2_eps if name == "pgdl2" else eps) if takes_eps else [None]
+        for e in budgets:
             plans.append(AttackPlan(name, eps=e, params=extra.get(name, {})))
     for name in args.adaptive:
         for e in args.adaptive_eps or [max(eps)]:

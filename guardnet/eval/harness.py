@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from guardnet._utils import eval_mode, module_device
+from guardnet.calibration import calibrate_guard, collect_clean_scores
 from guardnet.eval.attacks import (
     AdversarialCache,
     Attack,
@@ -272,8 +273,9 @@ def evaluate_guard(
     all_fprs = sorted({*fprs, *(p.fpr for p in plans if p.adaptive and p.fpr is not None)})
     calibrations: dict[float, dict[str, Any]] = {}
     thresholds: dict[float, dict[str, tuple[float, float]]] = {}
+    val_scores = collect_clean_scores(guard, val_images, batch_size=256, progress=progress)
     for fpr in all_fprs:
-        report = guard.calibrate(val_images, target_fpr=fpr, progress=progress)
+        report = calibrate_guard(guard, val_images, target_fpr=fpr, scores=val_scores)
         calibrations[fpr] = report.to_dict()
         thresholds[fpr] = _thresholds(guard)
     log(f"calibrated on {len(val_images)} validation images at FPR {', '.join(map(str, all_fprs))}")
