@@ -243,3 +243,16 @@ def test_cache_reuses_results_and_separates_configurations(tmp_path) -> None:
     cache.run(ViewPGD(guard, eps=0.1, steps=3), x, y)
     cache.run(ViewPGD(guard, eps=0.1, steps=3), x + 0.01, y)  # other inputs
     assert cache.misses == 4 and len(list(tmp_path.glob("*.safetensors"))) == 4
+
+
+def test_autoattack_runs_within_budget() -> None:
+    pytest.importorskip("torchattacks")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 5)).eval()  # APGD-T's DLR needs >= 4
+    x = torch.rand(6, 3, 4, 4)
+    y = model(x).argmax(1)
+    adv = make_attack("autoattack", model, eps=0.05)(x, y)
+    assert float((adv - x).abs().max()) <= 0.05 + 1e-6
+    fooled = model(adv).argmax(1) != y
+    # AutoAttack returns the input where it fails: unchanged images are exactly the failures.
+    assert torch.equal(adv[~fooled], x[~fooled])

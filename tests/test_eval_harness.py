@@ -28,7 +28,7 @@ def toy_guard() -> GuardedModel:
     return GuardedModel(SumClassifier(), [SecondPixelDetector()], num_classes=2)
 
 
-def test_harness_on_the_toy_guard() -> None:
+def test_harness_on_the_toy_guard(tmp_path) -> None:
     pytest.importorskip("torchattacks")
     guard = toy_guard()
     val, _ = toy_data(400, 0)
@@ -40,6 +40,7 @@ def test_harness_on_the_toy_guard() -> None:
         test_labels=test_y,
         plans=[
             AttackPlan("pgd", eps=0.4, params={"steps": 20}),
+            AttackPlan("pgd", eps=0.02, params={"steps": 20}),
             AttackPlan("orthogonal", adaptive=True, eps=0.4, fpr=0.05),
             AttackPlan("orthogonal", adaptive=True, eps=0.4, fpr=0.5),
         ],
@@ -69,6 +70,17 @@ def test_harness_on_the_toy_guard() -> None:
     assert report["examples"]["pgd eps=0.4"].shape == (2, 8, 1, 1, 2)
     text = format_report(report)
     assert "orthogonal eps=0.4 fpr=0.5" in text and "Acc_rob" in text
+    # A budget too small to flip any label: no successful example, so no TPR.
+    small = report["attacks"]["pgd eps=0.02"]["at_fpr"]["0.05"]
+    assert small["successful"] == 0 and small["tpr"] != small["tpr"] and small["acc_rob"] == 1.0
+    pytest.importorskip("matplotlib")
+    from guardnet.eval.plots import plot_robust_accuracy, plot_roc, save_examples
+
+    assert plot_roc(report, tmp_path / "roc.png").stat().st_size > 0
+    curve = plot_robust_accuracy(report, tmp_path / "robust.png")
+    assert curve is not None and curve.stat().st_size > 0
+    grid = save_examples(report["examples"], tmp_path / "examples.png")
+    assert grid.stat().st_size > 0
 
 
 def test_harness_reuses_cached_examples(tmp_path) -> None:

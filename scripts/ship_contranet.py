@@ -1,0 +1,94 @@
+"""Copy a trained ContraNet into the package with its measured detection figures.
+
+Reads a training run's Hub folder (``RUN_DIR/model``) and the JSON written by
+``scripts/measure_contranet.py``; writes ``guardnet/assets/weights/NAME`` with the test metrics
+added to ``config.json`` and a "Measured detection" section (table and command) appended to the
+model card; prints the metrics dict for the ``PretrainedEntry`` in ``guardnet/hub.py``.
+
+Usage:
+    python scripts/ship_contranet.py --run runs/contranet-gtsrb --measure \
+        benchmarks/results/contranet_gtsrb.json --name contranet-gtsrb \
+        --measure-command "python scripts/measure_contranet.py ..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parents[1] / "guardnet" / "assets" / "weights"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.2%}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="training run folder (holds model/)")
+    parser.add_argument("--measure", required=True, help="measure_contranet.py JSON")
+    parser.add_argument("--name", required=True, help="registry name, e.g. contranet-gtsrb")
+    parser.add_argument("--measure-command", required=True, help="the measurement command line")
+    args = parser.parse_args()
+
+    source = Path(args.run) / "model"
+    target = ASSETS / args.name
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    measured = json.loads(Path(args.measure).read_text())
+    config_path = target / "config.json"
+    config = json.loads(config_path.read_text())
+    prefix = config["dataset"]
+    alone = measured["results"]["contranet"]
+    metrics = {}
+    for attack, entry in alone["attacks"].items():
+        metrics[f"{prefix}_test_tpr_{attack}"] = round(entry["tpr"], 4)
+    metrics[f"{prefix}_test_fpr"] = round(alone["fpr"], 4)
+    metrics[f"{prefix}_test_acc_dec"] = round(alone["acc_dec"], 4)
+    metrics.update(config.get("metrics", {}))
+    config["metrics"] = metrics
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+    attacks = list(alone["attacks"])
+    header = (
+        "| guard | clean FPR | Acc_dec (bare accuracy {acc}) | ".format(
+            acc=_pct(alone["clean_accuracy"])
+        )
+        + " | ".join(attacks)
+        + " |"
+    )
+    rows = [header, "| --- " * (3 + len(attacks)) + "|"]
+    labels = {"contranet": "ContraNet alone", "saec+contranet": "SAEC + ContraNet"}
+    for key, result in measured["results"].items():
+        cells = [_pct(result["attacks"][a]["tpr"]) for a in attacks]
+        rows.append(
+            f"| {labels.get(key, key)} | {_pct(result['fpr'])} | {_pct(result['acc_dec'])} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    success = ", ".join(f"{a} {_pct(alone['attacks'][a]['attack_success_rate'])}" for a in attacks)
+    card = (target / "README.md").read_text().rstrip("\n")
+    card += f"""
+
+## Measured detection ({measured["dataset"]} test, {measured["test_images"]} seeded images)
+
+Thresholds from `guard.calibrate` on {measured["val_images"]} clean validation images at a joint
+{measured["target_fpr"]:.0%} FPR (never test or attack data); attacks from torchattacks against
+`{measured["classifier"]}` on the {measured["attacked_images"]} correctly classified test images;
+TPR = share of successful adversarial examples rejected (attack success rates: {success}).
+
+```
+{args.measure_command}
+```
+
+{chr(10).join(rows)}
+"""
+    (target / "README.md").write_text(card)
+    print(json.dumps(metrics, indent=1))
+
+
+if __name__ == "__main__":
+    main()
