@@ -83,8 +83,12 @@ def plot_robust_accuracy(
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    from guardnet.eval.harness import format_eps
+
+    budgets = [p[0] for points in series.values() for p in points]
+    on_grid = all(format_eps(e).endswith("/255") for e in budgets)  # colour-image budgets
     for name, points in series.items():
-        eps = [p[0] * 255 for p in points]
+        eps = [p[0] * 255 if on_grid else p[0] for p in points]
         line = ax.plot(eps, [p[1] for p in points], marker="o", label=f"{name}: guarded")[0]
         ax.plot(
             eps,
@@ -94,7 +98,7 @@ def plot_robust_accuracy(
             color=line.get_color(),
             label=f"{name}: bare classifier",
         )
-    ax.set_xlabel("budget eps (x 1/255)")
+    ax.set_xlabel("budget eps (x 1/255)" if on_grid else "budget eps")
     ax.set_ylabel("robust accuracy (Acc_rob)")
     ax.set_ylim(0, 1.02)
     ax.set_title(title or f"Robust accuracy at {float(head):.0%} FPR")
