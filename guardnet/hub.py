@@ -53,6 +53,7 @@ __all__ = [
     "from_pretrained",
     "list_architectures",
     "list_pretrained",
+    "load_model",
     "load_pretrained",
     "load_state_dict_strict",
     "register_architecture",
@@ -679,6 +680,23 @@ register_pretrained(
         ),
     )
 )
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A registered name through :func:`load_pretrained`, a folder or Hub repo id through
+    :func:`from_pretrained`.
+
+    Example:
+        >>> model, config = load_model("mnist-cnn")
+        >>> config["architecture"]
+        'MnistCNN'
+    """
+    name = os.fspath(name_or_path)
+    if name in PRETRAINED:
+        return load_pretrained(name, map_location=map_location)
+    return from_pretrained(name, map_location=map_location)
 
 
 def list_pretrained() -> list[PretrainedEntry]:

@@ -19,7 +19,6 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -27,14 +26,7 @@ from tqdm import tqdm
 
 from guardnet.data import dataset_info, load_split
 from guardnet.guard import Normalize
-from guardnet.hub import PRETRAINED, from_pretrained, load_pretrained
-
-
-def load_model(name_or_path: str, *, device: str) -> tuple[nn.Module, dict[str, Any]]:
-    """A registered name through the registry, anything else through ``from_pretrained``."""
-    if name_or_path in PRETRAINED:
-        return load_pretrained(name_or_path, map_location=device)
-    return from_pretrained(name_or_path, map_location=device)
+from guardnet.hub import load_model
 
 
 @torch.inference_mode()
@@ -72,7 +64,7 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
 
-    model, config = load_model(args.model, device=args.device)
+    model, config = load_model(args.model, map_location=args.device)
     info = dataset_info(args.dataset or config["dataset"])
     if config.get("num_classes") not in (None, info.num_classes):
         parser.error(

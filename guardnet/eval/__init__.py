@@ -1,5 +1,6 @@
-"""Evaluation: detection metrics and the cost benchmark (attacks and ``guardnet eval`` come
-later)."""
+"""Evaluation: detection metrics, the cost benchmark (:mod:`guardnet.eval.bench`), attacks
+(:mod:`guardnet.eval.attacks`) and the harness behind ``guardnet eval``
+(:mod:`guardnet.eval.harness`)."""
 
 from guardnet.eval.bench import bench_guard, count_flops, measure_latency, render_markdown
 from guardnet.eval.metrics import (

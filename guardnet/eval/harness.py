@@ -290,11 +290,6 @@ def evaluate_guard(
 
     attacked_x = test_images[correct.to(test_images.device)]
     attacked_y = test_labels[correct.to(test_labels.device)]
-    attacked_clean = {
-        "scores": {k: v[correct] for k, v in clean_run["scores"].items()},
-        "classifier_labels": clean_run["classifier_labels"][correct],
-        "labels": clean_run["labels"][correct],
-    }
     results: dict[str, Any] = {}
     examples: dict[str, Tensor] = {}
     for plan in plans:
@@ -328,7 +323,6 @@ def evaluate_guard(
         order = torch.argsort((~success).to(torch.int8), stable=True)[:keep_examples]
         examples[plan.label] = torch.stack([attacked_x.cpu()[order], adv.cpu()[order]])
     _apply_thresholds(guard, thresholds[fprs[0]])
-    del attacked_clean
     return {
         "protocol": __doc__.split("Protocol")[1].strip() if __doc__ else "",
         "fprs": list(fprs),

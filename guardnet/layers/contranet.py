@@ -85,13 +85,10 @@ class ContraNetLayer(Layer):
         Raises:
             WeightsError: the weights are missing, damaged, or not a ContraNet.
         """
-        from guardnet.hub import PRETRAINED, from_pretrained, load_pretrained
+        from guardnet.hub import load_model
 
         name = os.fspath(name_or_path)
-        if name in PRETRAINED:
-            model, config = load_pretrained(name)
-        else:
-            model, config = from_pretrained(name)
+        model, config = load_model(name)
         if not isinstance(model, ContraNet):
             raise WeightsError(f"{name!r} holds a {config.get('architecture')!r}, not a ContraNet")
         return cls(model, **kwargs)

@@ -57,6 +57,7 @@ __all__ = [
     "fit_classifier",
     "latest_checkpoint",
     "load_checkpoint",
+    "resolve_device",
     "run_classifier_training",
     "save_checkpoint",
     "train_classifier",
@@ -804,12 +805,17 @@ def _metric_slug(display_name: str) -> str:
     return slug.strip("_")
 
 
-def _load_init(init: str) -> tuple[nn.Module, dict[str, Any]]:
-    from guardnet.hub import PRETRAINED, from_pretrained, load_pretrained
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
-    if init in PRETRAINED:
-        return load_pretrained(init)
-    return from_pretrained(init)
+
+def _load_init(init: str) -> tuple[nn.Module, dict[str, Any]]:
+    from guardnet.hub import load_model
+
+    return load_model(init)
 
 
 def _percent(value: float) -> str:
@@ -971,9 +977,7 @@ def run_classifier_training(
     began = time.perf_counter()
     if threads is not None:
         torch.set_num_threads(threads)
-    run_on = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    )
+    run_on = resolve_device(device)
     info = dataset_info(dataset)
     train = load_split(info.name, "train", root=root, limit=limit)
     val = load_split(info.name, "val", root=root, limit=eval_limit)

@@ -60,6 +60,7 @@ from guardnet.train.classifier import (
     _write_log,
     latest_checkpoint,
     load_checkpoint,
+    resolve_device,
     save_checkpoint,
 )
 
@@ -879,12 +880,9 @@ def evaluate_contranet(
 
 def _load_classifier(name_or_path: str, device: torch.device) -> tuple[Callable, dict[str, Any]]:
     from guardnet.guard import Normalize
-    from guardnet.hub import PRETRAINED, from_pretrained, load_pretrained
+    from guardnet.hub import load_model
 
-    if name_or_path in PRETRAINED:
-        model, config = load_pretrained(name_or_path)
-    else:
-        model, config = from_pretrained(name_or_path)
+    model, config = load_model(name_or_path)
     mean, std = config.get("mean"), config.get("std")
     pipeline = nn.Sequential(Normalize(mean, std), model) if mean is not None else model
     pipeline = pipeline.to(device).eval()
@@ -942,9 +940,7 @@ def run_contranet_training(
     began = time.perf_counter()
     if threads is not None:
         torch.set_num_threads(threads)
-    run_on = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    )
+    run_on = resolve_device(device)
     info = dataset_info(dataset)
     if settings is None:
         settings = ContraNetTrainSettings(**DATASET_DEFAULTS.get(info.name, {}))

@@ -155,13 +155,17 @@ class GuardPGD(Attack):
         return self._view
 
     # ---------------------------------------------------------------- losses
-    def classifier_loss(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
-        """(B,) margin loss of the classifier, minimised; <= 0 once the label is wrong."""
+    @staticmethod
+    def classifier_margin(logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
+        """(B,) raw margin of the classifier, minimised; < 0 once the label is wrong."""
         goal = labels if targets is None else targets
         goal_logit = logits.gather(1, goal[:, None]).squeeze(1)
         others = logits.scatter(1, goal[:, None], float("-inf")).amax(dim=1)
-        loss = goal_logit - others if targets is None else others - goal_logit
-        return loss.clamp_min(-self.confidence)
+        return goal_logit - others if targets is None else others - goal_logit
+
+    def classifier_loss(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
+        """:meth:`classifier_margin` floored at ``-confidence``."""
+        return self.classifier_margin(logits, labels, targets).clamp_min(-self.confidence)
 
     def detector_loss(self, margins: Tensor) -> Tensor:
         """(B,) sum of the rejectors' margins, each floored at ``-confidence``."""
@@ -335,12 +339,7 @@ class SelectivePGD(GuardPGD):
         # Raw (unfloored) losses: their gradients say where each objective moves even when it is
         # already satisfied, which the orthogonal projection needs.
         fooled = self.fooled(logits.detach(), labels, targets)
-        saved, self.confidence = self.confidence, float("inf")
-        try:
-            cls_loss = self.classifier_loss(logits, labels, targets)
-        finally:
-            self.confidence = saved
-        g_cls = self._grad(cls_loss, images, retain=True)
+        g_cls = self._grad(self.classifier_margin(logits, labels, targets), images, retain=True)
         g_det = self._grad(margins.sum(dim=1), images)
         return fooled, g_cls, g_det
 
