@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,15 +13,17 @@ from torch import nn
 from guardnet import GuardedModel, SAECLayer
 from guardnet.errors import InputShapeError, WeightsError
 from guardnet.hub import save_pretrained
-from guardnet.layers import ContraNetLayer
+from guardnet.layers import ContraNetLayer, LayerInput
 from guardnet.nets.contranet import ContraNet, ContraNetConfig, ssim_scores, to_unit_range
 
 TINY = dict(g_ch=2, d_ch=2, dmm_backbone="cnn", dmm_width=0.25, encoder_features=16, dmm_hidden=16)
 
 
 @pytest.fixture(autouse=True)
-def _flush_denormals() -> None:
+def _flush_denormals() -> Iterator[None]:
     torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)  # other tests use denormal floats
 
 
 def tiny_net(num_classes: int = 10, channels: int = 1, seed: int = 0) -> ContraNet:
@@ -47,6 +50,22 @@ class TestScores:
         got = torch.stack(list(scores.values()), dim=1)
         torch.testing.assert_close(got, reference)
         assert bool(((got[:, 0] >= 0) & (got[:, 0] <= 1)).all())  # a probability
+
+    def test_channels_last_default_matches_contiguous_layout(self) -> None:
+        x = torch.rand(5, 3, 32, 32)
+        labels = torch.tensor([0, 3, 9, 2, 2])
+        fast = ContraNetLayer(tiny_net(channels=3))
+        plain = ContraNetLayer(tiny_net(channels=3), channels_last=False)
+        conv = next(m for m in fast.net.modules() if isinstance(m, nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        assert not conv.weight.is_contiguous()
+        with torch.no_grad():
+            got = fast(LayerInput(images=x, labels=labels)).scores
+            want = plain(LayerInput(images=x, labels=labels)).scores
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        # Saved weights stay loadable: the state dict holds the same values.
+        for key, value in plain.net.state_dict().items():
+            torch.testing.assert_close(fast.net.state_dict()[key], value)
 
     def test_mnist_is_padded_not_stretched(self) -> None:
         x = torch.rand(2, 1, 28, 28)

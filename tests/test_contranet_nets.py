@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from guardnet.nets.contranet import (
@@ -16,6 +17,7 @@ from guardnet.nets.contranet import (
     ContraNetGenerator,
     build_contranet,
 )
+from guardnet.nets.contranet.encoder import _WholeMapConv
 
 
 @pytest.fixture(autouse=True)
@@ -165,3 +167,23 @@ def test_small_preset_macs_per_image() -> None:
         nets["dmm"](x, rebuilt, y)
     macs = counter.get_total_flops() / 2
     assert macs < 0.5e9
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_encoder_whole_map_conv_matches_conv2d(channels_last: bool) -> None:
+    torch.manual_seed(0)
+    conv = _WholeMapConv(16, 8, 4)
+    x = torch.randn(3, 16, 4, 4, requires_grad=True)
+    want = F.conv2d(x, conv.weight, conv.bias)
+    grad_want = torch.autograd.grad(want.sum(), x)[0]
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    xs = x.detach().contiguous(memory_format=layout)
+    xs.requires_grad_(True)
+    got = conv(xs)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), xs)[0], grad_want)
+    # Other input sizes fall back to the ordinary convolution.
+    big = torch.randn(2, 16, 6, 6)
+    torch.testing.assert_close(conv(big), F.conv2d(big, conv.weight, conv.bias))

@@ -43,6 +43,9 @@ class ContraNetLayer(Layer):
         sample: rebuild from a latent sampled from the encoder's posterior instead of its mean
             (the authors' choice; the default is deterministic).
         seed: seed of that sample, so repeated calls give the same scores.
+        channels_last: run the networks in channels-last memory format (the default: 25% less
+            time per image on CPU, measured in ``benchmarks/bench_contranet.py``). The networks
+            are converted in place; scores equal the contiguous layout's up to float rounding.
 
     Shape:
         - Input: images (B, C, H, W) in [0, 1] with C = ``net.config.in_channels``, any H, W;
@@ -64,11 +67,14 @@ class ContraNetLayer(Layer):
     default_name: ClassVar[str] = "contranet"
     score_names: ClassVar[tuple[str, ...]] = SCORE_NAMES
 
-    def __init__(self, net: ContraNet, *, sample: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self, net: ContraNet, *, sample: bool = False, seed: int = 0, channels_last: bool = True
+    ) -> None:
         super().__init__()
         if not isinstance(net, ContraNet):
             raise TypeError(f"net must be a ContraNet, got {type(net).__name__}")
-        self.net = net.eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = net.eval().to(memory_format=self.memory_format)
         self.num_classes = net.num_classes
         self.sample = sample
         self.seed = seed
@@ -110,6 +116,7 @@ class ContraNetLayer(Layer):
         """ContraNet's input (32x32, [-1, 1]) and its rebuild under ``labels``."""
         self._check(images)
         x = to_unit_range(images, self.net.config.image_size)
+        x = x.contiguous(memory_format=self.memory_format)
         rebuilt = self.net.rebuild(
             x, labels, sample=self.sample, generator=self._generator(x.device)
         )

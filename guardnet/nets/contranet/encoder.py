@@ -7,11 +7,31 @@ to the latent z that the conditional generator decodes with the classifier's lab
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from guardnet.nets.contranet.config import ContraNetConfig
 
 __all__ = ["ContraNetEncoder"]
+
+
+class _WholeMapConv(nn.Conv2d):
+    """A valid conv whose kernel covers the whole input map, run as one matmul.
+
+    Same parameters and result as ``nn.Conv2d`` (checkpoints are interchangeable). oneDNN
+    reorders the weight on every call, which made this one 2 MMAC conv cost 4.9 ms of the
+    encoder's time at batch 1 (measured); as a matmul it reads the weight in place.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != self.weight.shape[-2:] or self.padding != (0, 0):
+            return super().forward(x)
+        if self.weight.is_contiguous():
+            weight, flat = self.weight.flatten(1), x.flatten(1)
+        else:  # channels-last weight: sum over (h, w, c) in memory order, no copy of it
+            weight = self.weight.permute(0, 2, 3, 1).flatten(1)
+            flat = x.permute(0, 2, 3, 1).flatten(1)
+        return F.linear(flat, weight, self.bias)[:, :, None, None]
 
 
 class ContraNetEncoder(nn.Module):
@@ -38,7 +58,7 @@ class ContraNetEncoder(nn.Module):
             nn.Conv2d(128, 256, 4, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(256),
             nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(256, config.encoder_features, 4),
+            _WholeMapConv(256, config.encoder_features, 4),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Flatten(),
         )
