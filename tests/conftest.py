@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -22,3 +24,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def flush_denormals() -> Iterator[None]:
+    """Flush denormal floats for the test, then restore the default.
+
+    Untrained MobileNetV2 activations shrink towards denormal floats, which are very slow on the
+    CPU; other tests (histogram range checks) rely on denormals, hence the restore.
+    """
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,11 +18,7 @@ from guardnet.nets.contranet import ContraNet, ContraNetConfig, ssim_scores, to_
 TINY = dict(g_ch=2, d_ch=2, dmm_backbone="cnn", dmm_width=0.25, encoder_features=16, dmm_hidden=16)
 
 
-@pytest.fixture(autouse=True)
-def _flush_denormals() -> Iterator[None]:
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)  # other tests use denormal floats
+pytestmark = pytest.mark.usefixtures("flush_denormals")
 
 
 def tiny_net(num_classes: int = 10, channels: int = 1, seed: int = 0) -> ContraNet:

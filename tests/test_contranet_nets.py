@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,14 +17,7 @@ from guardnet.nets.contranet import (
 )
 from guardnet.nets.contranet.encoder import _WholeMapConv
 
-
-@pytest.fixture(autouse=True)
-def _flush_denormals() -> Iterator[None]:
-    # Untrained MobileNetV2 activations shrink towards denormal floats, which are very slow on
-    # CPU; flushing them keeps these tests fast. Restored afterwards.
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
+pytestmark = pytest.mark.usefixtures("flush_denormals")
 
 
 def _params(module: torch.nn.Module) -> int:

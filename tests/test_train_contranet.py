@@ -7,7 +7,6 @@ import shlex
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,11 +41,7 @@ ALL_STAGES = ContraNetTrainSettings(
 )
 
 
-@pytest.fixture(autouse=True)
-def _flush_denormals() -> Iterator[None]:
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)  # other tests use denormal floats
+pytestmark = pytest.mark.usefixtures("flush_denormals")
 
 
 def data(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

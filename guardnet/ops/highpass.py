@@ -141,7 +141,7 @@ def _check_padding(padding: str) -> None:
 
 
 #: Below this batch size one plain conv2d beats the per-kernel depthwise convs on the CPU
-#: (measured at 32x32, 3 kernels, 1 thread: 89 vs 175 us at batch 1, even at batch 16).
+#: (measured at 32x32, 3 kernels, 1 thread: 89 vs 175 us at batch 1; about even at 16).
 _DEPTHWISE_MIN_BATCH = 16
 
 
