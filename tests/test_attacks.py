@@ -76,6 +76,23 @@ def test_adaptive_attacks_defeat_the_toy_guard(cls: type) -> None:
     assert float((adv - x).abs().max()) <= 0.3 + 1e-6
 
 
+def test_detector_loss_distance_term_shrinks_the_perturbation() -> None:
+    # eps 0.05 cannot reach x1 + x2 > 1 from (0.3, 0.52), so both attacks return their last
+    # iterate: the plain one pushed to the edge of the ball, the one with a heavy distance term
+    # held near the input (it oscillates within a step of it).
+    guard = toy_guard()
+    x, y = toy_inputs(4)
+    plain = DetectorLossPGD(guard, eps=0.05, steps=60, random_start=False)
+    # The toy margins have slope 20 per pixel: a weight of 1e4 outpulls them one step out.
+    tight = DetectorLossPGD(guard, eps=0.05, steps=60, random_start=False, distance_weight=1e4)
+    assert "distance_weight" not in plain.params() and tight.params()["distance_weight"] == 1e4
+    size = {a: (a(x, y) - x).flatten(1).norm(dim=1) for a in (plain, tight)}
+    assert bool((size[plain] > 0.04).all())
+    assert bool((size[tight] < 3 * tight.alpha).all())
+    with pytest.raises(ValueError, match="distance_weight"):
+        DetectorLossPGD(guard, eps=0.1, distance_weight=-1.0)
+
+
 def test_orthogonal_pgd_moves_only_the_free_pixel() -> None:
     guard = toy_guard()
     x, y = toy_inputs()
@@ -193,7 +210,7 @@ class Linear(nn.Module):
 )
 def test_library_attacks_run_and_respect_budgets(name: str, kwargs: dict, norm: str | None) -> None:
     pytest.importorskip("torchattacks")
-    if name == "cw":
+    if name in ("cw", "deepfool"):
         pytest.importorskip("foolbox")
     model = Linear().eval()
     x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(1))
@@ -211,6 +228,28 @@ def test_library_attacks_run_and_respect_budgets(name: str, kwargs: dict, norm: 
         if name == "cw":  # where it fails, the input comes back (foolbox alone returns zeros)
             assert torch.equal(adv[~fooled], x[~fooled])
             assert bool((adv.flatten(1).abs().sum(dim=1) > 0).all())
+
+
+def test_deepfool_matches_the_closed_form_on_a_linear_model() -> None:
+    # On an affine classifier DeepFool's first step lands (1 + overshoot) times past the nearest
+    # decision boundary, whose L2 distance is |f_y - f_k| / ||w_y - w_k||, minimised over k.
+    pytest.importorskip("foolbox")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 43)).eval()  # GTSRB's class count
+    with torch.no_grad():
+        model[1].weight.mul_(0.1)
+    x = 0.5 + 0.01 * torch.randn(5, 3, 4, 4)  # far from the [0, 1] bounds: no clipping
+    logits = model(x)
+    y = logits.argmax(1)
+    w = model[1].weight
+    gaps = logits.gather(1, y[:, None]) - logits  # (N, K), >= 0
+    dists = gaps / (w[y][:, None, :] - w[None]).norm(dim=2)  # (N, K)
+    top10 = logits.argsort(1, descending=True)[:, 1:10]  # the candidates other than y
+    expected = dists.gather(1, top10).min(1).values
+    adv = make_attack("deepfool", model, steps=50)(x, y)
+    assert bool((model(adv).argmax(1) != y).all())
+    moved = (adv - x).flatten(1).norm(dim=1)
+    torch.testing.assert_close(moved, 1.02 * (expected + 1e-4), rtol=1e-3, atol=1e-5)
 
 
 def test_library_attack_arguments_are_checked() -> None:

@@ -275,13 +275,16 @@ class DetectorLossPGD(GuardPGD):
 
     The adaptive attack of the ContraNet paper (Yang et al., NDSS 2022, Sec. 6 and Eq. 10-19),
     which adds one loss per detector component (DMM, Dis, SSIM) to the classifier's, each with
-    its weight. Here every rejector's loss is its margin, so the same attack applies to any
-    guard.
+    its weight, and a squared-L2 distance term. Here every rejector's loss is its margin, so the
+    same attack applies to any guard.
 
     Args:
         detector_weight: ``lambda``, the weight of the detector terms.
         weights: per score key (e.g. ``{"contranet.ssim": 0.5}``), a relative weight; missing
             keys get 1.
+        distance_weight: weight of ``||x_adv - x||_2^2`` (per image). 0 by default: the
+            projection onto the ``eps`` ball already bounds the perturbation; a positive weight
+            trades attack strength for smaller perturbations, as in the paper's objective.
         **kwargs: see :class:`GuardPGD`.
     """
 
@@ -293,8 +296,11 @@ class DetectorLossPGD(GuardPGD):
         *,
         detector_weight: float = 1.0,
         weights: Mapping[str, float] | None = None,
+        distance_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        if distance_weight < 0:
+            raise ValueError(f"distance_weight must be >= 0, got {distance_weight}")
         super().__init__(guard, **kwargs)
         unknown = set(weights or {}) - set(guard.rejectors)
         if unknown:
@@ -304,18 +310,32 @@ class DetectorLossPGD(GuardPGD):
             )
         self.detector_weight = float(detector_weight)
         self.weights = {k: float((weights or {}).get(k, 1.0)) for k in guard.rejectors}
+        self.distance_weight = float(distance_weight)
+        self._clean: Tensor | None = None
 
     def params(self) -> dict[str, Any]:
-        return {
+        params = {
             **super().params(),
             "detector_weight": self.detector_weight,
             "weights": self.weights,
         }
+        if self.distance_weight:  # absent at 0, so cached examples of earlier runs stay valid
+            params["distance_weight"] = self.distance_weight
+        return params
+
+    def perturb(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
+        self._clean = images.detach()
+        try:
+            return super().perturb(images, labels, generator)
+        finally:
+            self._clean = None
 
     def direction(self, images, logits, margins, labels, targets):  # type: ignore[override]
         w = margins.new_tensor(list(self.weights.values()))
         detector = (margins.clamp_min(-self.confidence) * w).sum(dim=1)
         loss = self.classifier_loss(logits, labels, targets) + self.detector_weight * detector
+        if self.distance_weight and self._clean is not None:
+            loss = loss + self.distance_weight * (images - self._clean).flatten(1).square().sum(1)
         return self._grad(loss, images)
 
 
