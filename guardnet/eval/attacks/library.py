@@ -210,17 +210,18 @@ class LibraryAttack(Attack):
             attack = fb.attacks.L2DeepFoolAttack(
                 steps=p["steps"], candidates=p["candidates"], overshoot=p["overshoot"]
             )
-            _, clipped, _ = attack(fmodel, images, labels, epsilons=None)
-            return clipped
-        attack = fb.attacks.L2CarliniWagnerAttack(
-            binary_search_steps=p["binary_search_steps"],
-            steps=p["steps"],
-            stepsize=p["lr"],
-            confidence=p["confidence"],
-            initial_const=p["initial_const"],
-            abort_early=True,
-        )
+        else:
+            attack = fb.attacks.L2CarliniWagnerAttack(
+                binary_search_steps=p["binary_search_steps"],
+                steps=p["steps"],
+                stepsize=p["lr"],
+                confidence=p["confidence"],
+                initial_const=p["initial_const"],
+                abort_early=True,
+            )
         _, clipped, _ = attack(fmodel, images, labels, epsilons=None)
+        if self.name != "cw":
+            return clipped
         # foolbox's C&W returns an all-zero image where it found no adversarial example (and
         # its success flag is then computed on that zero image): keep the input there.
         failed = (clipped.flatten(1) == 0).all(dim=1) & (images.flatten(1) != 0).any(dim=1)
