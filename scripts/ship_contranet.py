@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--measure", required=True, help="measure_contranet.py JSON")
     parser.add_argument("--name", required=True, help="registry name, e.g. contranet-gtsrb")
     parser.add_argument("--measure-command", required=True, help="the measurement command line")
+    parser.add_argument(
+        "--fpr", type=float, default=None, help="budget for config.json's metrics (default: first)"
+    )
     args = parser.parse_args()
 
     source = Path(args.run) / "model"
@@ -39,46 +42,55 @@ def main() -> None:
         shutil.rmtree(target)
     shutil.copytree(source, target)
     measured = json.loads(Path(args.measure).read_text())
+    # One operating point per validation FPR budget (older JSONs hold only the headline one).
+    points = measured.get("by_target_fpr") or {
+        f"{measured['target_fpr']:g}": {"results": measured["results"]}
+    }
+    headline = f"{args.fpr:g}" if args.fpr is not None else next(iter(points))
+    if headline not in points:
+        raise SystemExit(f"--fpr {headline} not measured; the JSON has {sorted(points)}")
     config_path = target / "config.json"
     config = json.loads(config_path.read_text())
     prefix = config["dataset"]
-    alone = measured["results"]["contranet"]
-    metrics = {}
+    alone = points[headline]["results"]["contranet"]
+    metrics = {f"{prefix}_val_fpr_budget": float(headline)}
     for attack, entry in alone["attacks"].items():
         metrics[f"{prefix}_test_tpr_{attack}"] = round(entry["tpr"], 4)
     metrics[f"{prefix}_test_fpr"] = round(alone["fpr"], 4)
     metrics[f"{prefix}_test_acc_dec"] = round(alone["acc_dec"], 4)
-    metrics.update(config.get("metrics", {}))
-    config["metrics"] = metrics
+    # This measurement replaces older test figures; the training run's validation ones stay.
+    config["metrics"] = {**config.get("metrics", {}), **metrics}
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
     attacks = list(alone["attacks"])
     header = (
-        "| guard | clean FPR | Acc_dec (bare accuracy {acc}) | ".format(
+        "| validation FPR budget | guard | clean FPR | Acc_dec (bare accuracy {acc}) | ".format(
             acc=_pct(alone["clean_accuracy"])
         )
         + " | ".join(attacks)
         + " |"
     )
-    rows = [header, "| --- " * (3 + len(attacks)) + "|"]
+    rows = [header, "| --- " * (4 + len(attacks)) + "|"]
     labels = {"contranet": "ContraNet alone", "saec+contranet": "SAEC + ContraNet"}
-    for key, result in measured["results"].items():
-        cells = [_pct(result["attacks"][a]["tpr"]) for a in attacks]
-        rows.append(
-            f"| {labels.get(key, key)} | {_pct(result['fpr'])} | {_pct(result['acc_dec'])} | "
-            + " | ".join(cells)
-            + " |"
-        )
+    for budget, point in points.items():
+        for key, result in point["results"].items():
+            cells = [_pct(result["attacks"][a]["tpr"]) for a in attacks]
+            rows.append(
+                f"| {float(budget):.0%} | {labels.get(key, key)} | {_pct(result['fpr'])} | "
+                f"{_pct(result['acc_dec'])} | " + " | ".join(cells) + " |"
+            )
     success = ", ".join(f"{a} {_pct(alone['attacks'][a]['attack_success_rate'])}" for a in attacks)
+    budgets = ", ".join(f"{float(b):.0%}" for b in points)
     card = (target / "README.md").read_text().rstrip("\n")
     card += f"""
 
 ## Measured detection ({measured["dataset"]} test, {measured["test_images"]} seeded images)
 
 Thresholds from `guard.calibrate` on {measured["val_images"]} clean validation images at a joint
-{measured["target_fpr"]:.0%} FPR (never test or attack data); attacks from torchattacks against
+FPR budget of {budgets} (never test or attack data); attacks from torchattacks against
 `{measured["classifier"]}` on the {measured["attacked_images"]} correctly classified test images;
-TPR = share of successful adversarial examples rejected (attack success rates: {success}).
+TPR = share of successful adversarial examples rejected (attack success rates: {success}). The
+metrics in `config.json` are the {float(headline):.0%} rows of ContraNet alone.
 
 ```
 {args.measure_command}
@@ -87,7 +99,7 @@ TPR = share of successful adversarial examples rejected (attack success rates: {
 {chr(10).join(rows)}
 """
     (target / "README.md").write_text(card)
-    print(json.dumps(metrics, indent=1))
+    print(json.dumps(config["metrics"], indent=1))
 
 
 if __name__ == "__main__":
