@@ -178,7 +178,7 @@ def build_guard(
 
 for _dataset, _classifier, _contranet_weights in (
     ("mnist", "mnist-cnn", "contranet-mnist"),
-    ("gtsrb", "resnet20-gtsrb", None),
+    ("gtsrb", "resnet20-gtsrb", "contranet-gtsrb"),
     ("cifar10", "resnet20-cifar10jpeg-ft", None),
 ):
     register_guard(

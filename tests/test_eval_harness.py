@@ -129,6 +129,20 @@ def test_recipes_build_and_load(tmp_path) -> None:
         load_recipe("no-such-guard")
 
 
+def test_gtsrb_mixdefense_recipe_runs_with_shipped_contranet() -> None:
+    import torch
+
+    guard, recipe = build_guard("gtsrb-mixdefense")
+    assert list(guard.layers) == ["saec", "contranet"] and recipe.classifier == "resnet20-gtsrb"
+    assert guard.num_classes == 43 and guard.layers["contranet"].num_classes == 43
+    scores = guard.compute_scores(
+        torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    )
+    assert {"contranet.dmm", "contranet.dis", "contranet.ssim"} <= set(scores)
+    for name, values in scores.items():
+        assert values.shape == (3,) and torch.isfinite(values).all(), name
+
+
 def test_eval_cli_on_fixtures(tmp_path, capsys) -> None:
     pytest.importorskip("torchattacks")
     out = tmp_path / "out"
