@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -125,6 +127,25 @@ class TestTraining:
             whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
         ):
             torch.testing.assert_close(a, b, msg=k)
+
+    def test_stage_ends_are_kept_and_ended_stages_cannot_grow(self, tmp_path) -> None:
+        x, y = data()
+        two_gan = ContraNetTrainSettings(
+            gan_epochs=2, dis_epochs=1, dmm_pretrain_epochs=0, dmm_epochs=0, batch_size=8
+        )
+        train_contranet(TINY, x, y, settings=two_gan, run_dir=tmp_path, progress=False, log=None)
+        kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+        assert kept == ["epoch-0002", "epoch-0003"]  # the last of 'gan' and of 'dis'
+        # A third GAN epoch after 'dis' would read the dis checkpoint as GAN epoch 3.
+        three_gan = dataclasses.replace(two_gan, gan_epochs=3)
+        with pytest.raises(CheckpointError, match="its epoch 3 was dis epoch 1, but the new"):
+            train_contranet(TINY, x, y, settings=three_gan, run_dir=tmp_path, progress=False)
+        # Branching at the end of 'gan' works: drop the later checkpoint and resume.
+        shutil.rmtree(tmp_path / "checkpoints" / "epoch-0003")
+        branched = train_contranet(
+            TINY, x, y, settings=three_gan, run_dir=tmp_path, progress=False, log=None
+        )
+        assert [r["stage"] for r in branched.history] == ["gan", "gan", "gan", "dis"]
 
     def test_resume_refuses_another_architecture(self, tmp_path) -> None:
         x, y = data()

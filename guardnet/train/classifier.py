@@ -31,7 +31,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -371,7 +371,12 @@ def _epoch_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(
-    run_dir: str | os.PathLike[str], state: Mapping[str, Any], *, epoch: int, keep: int = 1
+    run_dir: str | os.PathLike[str],
+    state: Mapping[str, Any],
+    *,
+    epoch: int,
+    keep: int = 1,
+    protect: Collection[int] = (),
 ) -> Path:
     """Write ``state`` as ``run_dir/checkpoints/epoch-NNNN/``, atomically, without pickle.
 
@@ -386,6 +391,8 @@ def save_checkpoint(
             (dicts may have int keys, as optimiser states do).
         epoch: Completed epochs; names the folder.
         keep: How many of the newest checkpoints to keep; older ones are deleted.
+        protect: Epochs whose checkpoints are never deleted by ``keep`` (e.g. the end of each
+            stage of a multi-stage run, so that the run can be branched there).
 
     Returns:
         The checkpoint folder.
@@ -426,8 +433,10 @@ def save_checkpoint(
         os.replace(partial, final)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    for _, old in _epoch_dirs(Path(run_dir))[: -max(keep, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
+    kept = set(protect)
+    for number, old in _epoch_dirs(Path(run_dir))[: -max(keep, 1)]:
+        if number not in kept:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

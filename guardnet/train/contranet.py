@@ -22,7 +22,11 @@ skips it):
    (x_adv, G(E(x_adv), y_adv)) negative.
 
 Every epoch ends with a pickle-free checkpoint (see :mod:`guardnet.train.classifier`);
-``resume=True`` continues after the last one. Under ``torchrun`` (``WORLD_SIZE > 1``) the
+``resume=True`` continues after the last one. Epoch counts may grow, except for a stage once a
+later one has started (that would shift every later epoch: the resume refuses).
+The newest checkpoint and the last one of every stage are kept, so a run can be branched at a
+stage boundary: copy the run folder, delete the checkpoints after that stage, and resume with
+another schedule for the later stages. Under ``torchrun`` (``WORLD_SIZE > 1``) the
 process group is set up here (gloo on CPU, NCCL on CUDA), each rank takes its share of every
 epoch's permutation and the trained nets are wrapped in ``DistributedDataParallel``.
 """
@@ -726,6 +730,28 @@ class _Totals:
         return {k: v / self.counts[k] for k, v in self.sums.items()}
 
 
+def _check_schedule(
+    done: Sequence[Mapping[str, Any]], schedule: Sequence[tuple[str, int]], found: Path
+) -> None:
+    """Refuse to resume when the new schedule would reinterpret the epochs already done.
+
+    Checkpoint ``epoch-N`` is "after unit N" of the schedule, so growing a stage that already
+    ended (or adding an earlier stage) would shift every later unit: the ``aux`` epoch of the
+    checkpoint would be read as, say, the first ``dis`` epoch.
+    """
+    done_units = [(str(r["stage"]), int(r["epoch"]) - 1) for r in done]
+    for unit, did in enumerate(done_units):
+        planned = schedule[unit] if unit < len(schedule) else None
+        if planned != did:
+            instead = f"{planned[0]} epoch {planned[1] + 1}" if planned else "nothing"
+            raise CheckpointError(
+                f"{found} holds {len(done_units)} finished epochs; its epoch {unit + 1} was "
+                f"{did[0]} epoch {did[1] + 1}, but the new schedule puts {instead} there: a "
+                "stage that has ended cannot grow and an earlier stage cannot be added (branch "
+                "the run from an earlier stage's last checkpoint instead)"
+            )
+
+
 def train_contranet(
     config: ContraNetConfig,
     images: Tensor,
@@ -783,13 +809,20 @@ def train_contranet(
     trainer = _Trainer(config, settings, images, labels, classify, device, ctx, progress)
     out = Path(run_dir) if run_dir is not None else None
     first = 0
+    schedule = settings.schedule()
     if out is not None and resume:
         found = latest_checkpoint(out)
         if found is not None:
             first = trainer.load_state(load_checkpoint(found))
+            _check_schedule(trainer.history[:first], schedule, found)
             if ctx.main and log is not None:
-                log(f"resuming from {found} ({first} of {len(settings.schedule())} epochs done)")
-    schedule = settings.schedule()
+                log(f"resuming from {found} ({first} of {len(schedule)} epochs done)")
+    # The last checkpoint of every stage stays, so a run can be branched at a stage boundary.
+    stage_ends = {
+        unit + 1
+        for unit, (stage, _) in enumerate(schedule)
+        if unit + 1 == len(schedule) or schedule[unit + 1][0] != stage
+    }
     started = time.perf_counter()
     previous_seconds = sum(r.get("seconds", 0.0) for r in trainer.history)
     counts = Counter(stage for stage, _ in schedule)
@@ -810,7 +843,7 @@ def train_contranet(
             parts = [f"{k} {v:.4f}" for k, v in metrics.items()]
             log(f"[{desc}] " + "  ".join(parts) + f"  {record['seconds']:.1f} s")
         if out is not None and ctx.main:
-            save_checkpoint(out, trainer.state(unit + 1), epoch=unit + 1)
+            save_checkpoint(out, trainer.state(unit + 1), epoch=unit + 1, protect=stage_ends)
             _write_log(out / LOG_NAME, trainer.history)
         if ctx.world > 1:
             dist.barrier()
