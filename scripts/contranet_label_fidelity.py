@@ -31,18 +31,14 @@ import torch.nn.functional as F
 
 from guardnet.data import load_split
 from guardnet.layers.contranet import ContraNetLayer
-from guardnet.nets.contranet import ContraNet, ContraNetConfig, from_unit_range, to_unit_range
+from guardnet.nets.contranet import from_unit_range, to_unit_range
 from guardnet.recipes import build_classifier
-from guardnet.train.classifier import load_checkpoint
+from guardnet.train.contranet import contranet_from_checkpoint
 
 
 def load_layer(source: str) -> ContraNetLayer:
     if (Path(source) / "checkpoint.json").is_file():
-        state = load_checkpoint(source)
-        net = ContraNet.from_config(ContraNetConfig(**state["config"]))
-        net.encoder.load_state_dict(state["nets"]["encoder"], strict=True)
-        net.generator.load_state_dict(state["nets"]["g_ema"], strict=True)
-        return ContraNetLayer(net.eval())
+        return ContraNetLayer(contranet_from_checkpoint(source))
     return ContraNetLayer.from_pretrained(source)
 
 
@@ -59,9 +55,8 @@ def label_fidelity(
     k = layer.num_classes
     offsets = torch.randint(1, k, labels.shape, generator=torch.Generator().manual_seed(seed))
     wrong = (labels + offsets) % k
-    sums = dict.fromkeys(
-        ("true_agree", "wrong_agree", "wrong_keeps", "rebuild_error", "label_shift"), 0.0
-    )
+    # Per image: true agree, wrong agree, wrong keeps true, rebuild error, label shift.
+    rows = []
     for start in range(0, labels.shape[0], batch_size):
         x, y, yw = (t[start : start + batch_size] for t in (images, labels, wrong))
         rebuilt_true, rebuilt_wrong = layer.rebuild(x, y), layer.rebuild(x, yw)
@@ -70,21 +65,28 @@ def label_fidelity(
         # The classifier sees the rebuild at its own input size (MNIST: 32 -> 28, approximate).
         pred_true = classifier(F.interpolate(rebuilt_true, size=x.shape[-2:])).argmax(1)
         pred_wrong = classifier(F.interpolate(rebuilt_wrong, size=x.shape[-2:])).argmax(1)
-        sums["true_agree"] += (pred_true == y).sum().item()
-        sums["wrong_agree"] += (pred_wrong == yw).sum().item()
-        sums["wrong_keeps"] += (pred_wrong == y).sum().item()
-        sums["rebuild_error"] += (x32 - rebuilt_true).abs().mean(dim=(1, 2, 3)).sum().item()
-        sums["label_shift"] += (rebuilt_true - rebuilt_wrong).abs().mean(dim=(1, 2, 3)).sum().item()
-    n = labels.shape[0]
-    return {
-        "images": n,
-        "chance": 1 / k,
-        "true_label_agreement": sums["true_agree"] / n,
-        "wrong_label_agreement": sums["wrong_agree"] / n,
-        "wrong_label_keeps_true": sums["wrong_keeps"] / n,
-        "rebuild_error": sums["rebuild_error"] / n,
-        "label_shift": sums["label_shift"] / n,
-    }
+        rows.append(
+            torch.stack(
+                [
+                    (pred_true == y).float(),
+                    (pred_wrong == yw).float(),
+                    (pred_wrong == y).float(),
+                    (x32 - rebuilt_true).abs().mean(dim=(1, 2, 3)),
+                    (rebuilt_true - rebuilt_wrong).abs().mean(dim=(1, 2, 3)),
+                ],
+                dim=1,
+            )
+        )
+    means = torch.cat(rows).mean(dim=0).tolist()
+    names = (
+        "true_label_agreement",
+        "wrong_label_agreement",
+        "wrong_label_keeps_true",
+        "rebuild_error",
+        "label_shift",
+    )
+    rates = {n: round(m, 4) for n, m in zip(names, means, strict=True)}
+    return {"images": labels.shape[0], "chance": 1 / k, **rates}
 
 
 def main() -> None:
@@ -101,9 +103,7 @@ def main() -> None:
     layer = load_layer(args.contranet)
     classifier = build_classifier(args.classifier)
     val = load_split(args.dataset, "val", limit=args.limit)
-    images = torch.stack([val[i][0] for i in range(len(val))])
-    labels = torch.as_tensor([int(val[i][1]) for i in range(len(val))])
-    result = label_fidelity(layer, classifier, images, labels, seed=args.seed)
+    result = label_fidelity(layer, classifier, val.images, val.labels, seed=args.seed)
     print(json.dumps({"contranet": args.contranet, **result}, indent=1))
 
 

@@ -21,6 +21,7 @@ from guardnet.nets.contranet import ContraNetConfig
 from guardnet.train.classifier import latest_checkpoint
 from guardnet.train.contranet import (
     ContraNetTrainSettings,
+    contranet_from_checkpoint,
     evaluate_contranet,
     pgd_linf,
     train_contranet,
@@ -103,6 +104,12 @@ class TestTraining:
         assert stages == ["gan", "aux", "dis", "dmm_pretrain", "dmm"]
         assert "acc_dmm_adv_negative" in result.history[-1]
         assert latest_checkpoint(tmp_path).name == "epoch-0005"
+        # The last checkpoint holds the same inference networks as the returned model.
+        stored = contranet_from_checkpoint(latest_checkpoint(tmp_path))
+        for (k, a), b in zip(
+            result.model.state_dict().items(), stored.state_dict().values(), strict=True
+        ):
+            torch.testing.assert_close(a, b, msg=k)
         assert (tmp_path / "train_log.jsonl").read_text().count("\n") == 5
         metrics = evaluate_contranet(result.model, x, y)
         assert set(metrics) == {"l2", "ssim", "dmm_pair", "dis_pair", "ssim_pair"}

@@ -72,6 +72,7 @@ __all__ = [
     "STAGES",
     "ContraNetTrainResult",
     "ContraNetTrainSettings",
+    "contranet_from_checkpoint",
     "pgd_linf",
     "train_contranet",
     "wrong_labels",
@@ -728,6 +729,31 @@ class _Totals:
 
     def mean(self) -> dict[str, Tensor]:
         return {k: v / self.counts[k] for k, v in self.sums.items()}
+
+
+def contranet_from_checkpoint(folder: str | os.PathLike[str]) -> ContraNet:
+    """The inference ContraNet stored in a training checkpoint (G's EMA weights), CPU, eval.
+
+    Lets a run be inspected between stages (rebuild grids, label fidelity) before it finishes;
+    a finished run's ``RUN_DIR/model`` holds the same networks in Hub layout.
+
+    Args:
+        folder: ``RUN_DIR/checkpoints/epoch-NNNN`` (see :func:`latest_checkpoint`).
+
+    Raises:
+        CheckpointError: the folder is not a readable checkpoint.
+    """
+    state = load_checkpoint(folder)
+    net = ContraNet.from_config(ContraNetConfig(**state["config"]))
+    nets = state["nets"]
+    for module, key in (
+        (net.encoder, "encoder"),
+        (net.generator, "g_ema"),
+        (net.dis, "dis"),
+        (net.dmm, "dmm"),
+    ):
+        module.load_state_dict(nets[key], strict=True)
+    return net.eval()
 
 
 def _check_schedule(
