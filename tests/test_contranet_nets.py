@@ -75,6 +75,24 @@ def test_generator_range_and_label_dependence() -> None:
         gen(torch.randn(4, cfg.latent_dim + 1), torch.zeros(4, dtype=torch.long))
 
 
+@pytest.mark.parametrize("label_in_stem", [False, True])
+def test_generator_label_in_stem_feeds_the_label_to_the_4x4_map(label_in_stem: bool) -> None:
+    torch.manual_seed(0)
+    cfg = ContraNetConfig(num_classes=10, in_channels=3, g_ch=2, label_in_stem=label_in_stem)
+    gen = ContraNetGenerator(cfg).eval()
+    extra = cfg.shared_dim if label_in_stem else 0
+    assert gen.linear.in_features == cfg.chunk_size + extra
+    stems: list[torch.Tensor] = []
+    gen.linear.register_forward_hook(lambda _m, _i, out: stems.append(out))
+    z = torch.randn(3, cfg.latent_dim)
+    with torch.no_grad():
+        out = gen(z, torch.tensor([0, 1, 2]))
+        gen(z, torch.tensor([5, 6, 7]))
+    assert out.shape == (3, 3, 32, 32)
+    # Without it the layout map sees the latent alone; with it, the label too.
+    assert torch.allclose(stems[0], stems[1]) is not label_in_stem
+
+
 def test_discriminator_projection_depends_on_label() -> None:
     torch.manual_seed(0)
     dis = ContraNetDiscriminator(ContraNetConfig.small(10, 3)).eval()
@@ -120,6 +138,7 @@ def test_dmm_class_conditional_layer_matches_per_sample_reference() -> None:
         ({"dmm_backbone": "resnet"}, "dmm_backbone"),
         ({"dmm_width": 0}, "dmm_width"),
         ({"dmm_last_conv": "yes"}, "dmm_last_conv"),
+        ({"label_in_stem": 1}, "label_in_stem"),
     ],
 )
 def test_config_validation(kwargs: dict, match: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import shutil
@@ -163,6 +164,20 @@ class TestTraining:
         other = ContraNetConfig(**{**TINY.__dict__, "g_ch": 3})
         with pytest.raises(CheckpointError, match="ContraNetConfig"):
             train_contranet(other, x, y, settings=settings, run_dir=tmp_path, progress=False)
+        # A checkpoint written before a config field existed resumes with its default...
+        header_path = tmp_path / "checkpoints" / "epoch-0001" / "checkpoint.json"
+        header = json.loads(header_path.read_text())
+        del header["state"]["config"]["label_in_stem"]
+        header_path.write_text(json.dumps(header))
+        longer = dataclasses.replace(settings, gan_epochs=2)
+        resumed = train_contranet(
+            TINY, x, y, settings=longer, run_dir=tmp_path, progress=False, log=None
+        )
+        assert [r["epoch"] for r in resumed.history] == [1, 2]
+        # ...but not when the run sets that field to something else.
+        stem = dataclasses.replace(TINY, label_in_stem=True)
+        with pytest.raises(CheckpointError, match="ContraNetConfig"):
+            train_contranet(stem, x, y, settings=longer, run_dir=tmp_path, progress=False)
 
     def test_bad_labels_are_named(self) -> None:
         x, _ = data(8)

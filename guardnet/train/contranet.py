@@ -432,7 +432,12 @@ class _Trainer:
 
     def load_state(self, state: Mapping[str, Any]) -> int:
         saved_config = state.get("config")
-        if saved_config != dataclasses.asdict(self.config):
+        try:
+            # Fields added to ContraNetConfig later take their defaults in older checkpoints.
+            same = ContraNetConfig(**saved_config) == self.config
+        except (TypeError, ValueError):
+            same = False
+        if not same:
             raise CheckpointError(
                 f"the checkpoint was written for ContraNetConfig {saved_config}, this run uses "
                 f"{dataclasses.asdict(self.config)}: use another run folder or resume=False"
@@ -1078,7 +1083,8 @@ def _contranet_card(
         f"- Protected classifier used for the adversarial training examples: "
         f"`{config['classifier']}`.",
         f"- Architecture: G width {4 * args['g_ch']}, D width {4 * args['d_ch']}, self-attention "
-        f"{args['self_attention']}, DMM {args['dmm_backbone']} x{args['dmm_width']}.",
+        f"{args['self_attention']}, label in G's stem {args.get('label_in_stem', False)}, "
+        f"DMM {args['dmm_backbone']} x{args['dmm_width']}.",
         f"- Training wall time: {config['train_seconds']:.0f} s.",
         f"- Licence: {config['license']}.",
         "",

@@ -33,6 +33,9 @@ class ContraNetConfig:
             convention; the authors' CIFAR model uses 96, i.e. 384 channels).
         d_ch: discriminator base width; every D block has ``4 * d_ch`` channels.
         self_attention: add a self-attention block at 16x16 in G and D.
+        label_in_stem: also feed G's shared class embedding to its input linear (the 4x4 map
+            that sets the layout), not only to the up-blocks' CBN gains and biases, so the
+            label can shape the layout too. Off in the paper's design and the shipped weights.
         dmm_backbone: DMM feature extractor, ``"mobilenet_v2"`` or ``"cnn"``.
         dmm_width: MobileNetV2 ``width_mult``, or for ``"cnn"`` the multiplier of its base
             width of 32 channels.
@@ -57,6 +60,7 @@ class ContraNetConfig:
     g_ch: int = 16
     d_ch: int = 16
     self_attention: bool = False
+    label_in_stem: bool = False
     dmm_backbone: str = "mobilenet_v2"
     dmm_width: float = 0.25
     dmm_last_conv: bool = False
@@ -99,10 +103,11 @@ class ContraNetConfig:
                 f"ContraNetConfig.latent_dim ({self.latent_dim}) must be divisible by "
                 f"num_latent_chunks ({self.num_latent_chunks})"
             )
-        if not isinstance(self.self_attention, bool):
-            raise ValueError(
-                f"ContraNetConfig.self_attention must be a bool, got {self.self_attention!r}"
-            )
+        for name in ("self_attention", "label_in_stem", "dmm_last_conv"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"ContraNetConfig.{name} must be a bool, got {getattr(self, name)!r}"
+                )
         if self.self_attention and min(self.g_ch, self.d_ch) < 2:
             raise ValueError(
                 "ContraNetConfig.self_attention needs g_ch and d_ch >= 2 (at least 8 channels), "
@@ -112,10 +117,6 @@ class ContraNetConfig:
             raise ValueError(
                 f"ContraNetConfig.dmm_backbone must be one of {DMM_BACKBONES}, "
                 f"got {self.dmm_backbone!r}"
-            )
-        if not isinstance(self.dmm_last_conv, bool):
-            raise ValueError(
-                f"ContraNetConfig.dmm_last_conv must be a bool, got {self.dmm_last_conv!r}"
             )
         if not isinstance(self.dmm_width, (int, float)) or not self.dmm_width > 0:
             raise ValueError(f"ContraNetConfig.dmm_width must be > 0, got {self.dmm_width!r}")

@@ -103,12 +103,14 @@ class ContraNetGenerator(nn.Module):
     """Class-conditional residual generator 4x4 -> 8 -> 16 -> 32.
 
     ``z`` is split into ``config.num_latent_chunks`` equal chunks: the first goes through a
-    linear layer to the 4x4 input map, each later chunk is concatenated with the shared class
-    embedding of ``y`` and conditions one up-block's two CBN layers.
+    linear layer to the 4x4 input map (with ``config.label_in_stem``, concatenated with the
+    shared class embedding of ``y`` first), each later chunk is concatenated with that
+    embedding and conditions one up-block's two CBN layers.
 
     Args:
         config: the ContraNet sizes (uses ``latent_dim``, ``num_latent_chunks``,
-            ``shared_dim``, ``g_ch``, ``self_attention``, ``num_classes``, ``in_channels``).
+            ``shared_dim``, ``g_ch``, ``self_attention``, ``label_in_stem``, ``num_classes``,
+            ``in_channels``).
 
     Shape:
         - Input: ``z`` (B, latent_dim), ``y`` (B,) int64 labels.
@@ -123,7 +125,9 @@ class ContraNetGenerator(nn.Module):
         self.channels = ch
         cond_dim = self.chunk_size + config.shared_dim
         self.shared = nn.Embedding(config.num_classes, config.shared_dim)
-        self.linear = sn_linear(self.chunk_size, ch * 4 * 4)
+        self.label_in_stem = config.label_in_stem
+        stem_dim = self.chunk_size + (config.shared_dim if config.label_in_stem else 0)
+        self.linear = sn_linear(stem_dim, ch * 4 * 4)
         self.blocks = nn.ModuleList(GBlock(ch, ch, cond_dim) for _ in range(self.num_blocks))
         # Block i outputs 8 * 2**i pixels; attention sits after the 16x16 block.
         self.attention = SelfAttention(ch) if config.self_attention else None
@@ -138,7 +142,8 @@ class ContraNetGenerator(nn.Module):
                 f"got shape {tuple(z.shape)}"
             )
         shared = self.shared(y)
-        h = self.linear(chunks[0]).view(z.shape[0], self.channels, 4, 4)
+        stem = torch.cat([chunks[0], shared], dim=1) if self.label_in_stem else chunks[0]
+        h = self.linear(stem).view(z.shape[0], self.channels, 4, 4)
         for i, block in enumerate(self.blocks):
             h = block(h, torch.cat([chunks[i + 1], shared], dim=1))
             if i == 1 and self.attention is not None:
