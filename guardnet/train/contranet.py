@@ -1083,7 +1083,7 @@ def _contranet_card(
         f"- Protected classifier used for the adversarial training examples: "
         f"`{config['classifier']}`.",
         f"- Architecture: G width {4 * args['g_ch']}, D width {4 * args['d_ch']}, self-attention "
-        f"{args['self_attention']}, label in G's stem {args.get('label_in_stem', False)}, "
+        f"{args['self_attention']}, label in G's stem {args['label_in_stem']}, "
         f"DMM {args['dmm_backbone']} x{args['dmm_width']}.",
         f"- Training wall time: {config['train_seconds']:.0f} s.",
         f"- Licence: {config['license']}.",
