@@ -22,6 +22,7 @@ from guardnet.nets.contranet import ContraNetConfig
 from guardnet.train.classifier import latest_checkpoint
 from guardnet.train.contranet import (
     ContraNetTrainSettings,
+    _supcon_cross_modal,
     contranet_from_checkpoint,
     evaluate_contranet,
     pgd_linf,
@@ -86,6 +87,31 @@ class TestHelpers:
             ContraNetTrainSettings(gan_epochs=-1)
         s = ContraNetTrainSettings(gan_epochs=2, aux_epochs=0, dis_epochs=1)
         assert [u[0] for u in s.schedule()][:3] == ["gan", "gan", "dis"]
+        with pytest.raises(ValueError, match="dmm_pretrain_loss must be one of"):
+            ContraNetTrainSettings(dmm_pretrain_loss="arcface")
+        with pytest.raises(ValueError, match="supcon_temperature"):
+            ContraNetTrainSettings(supcon_temperature=0.0)
+
+    def test_supcon_matches_its_definition(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        a, p = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+        labels = torch.tensor([0, 0, 1, 2, 2, 2])
+        z = torch.nn.functional.normalize(torch.cat([a, p]), dim=1)
+        y = torch.cat([labels, labels])
+        expected = []
+        for i in range(12):  # one anchor at a time, straight from Khosla et al. (2020), eq. 2
+            others = [k for k in range(12) if k != i]
+            log_denominator = torch.logsumexp(z[i] @ z[others].T / 0.1, dim=0)
+            positives = [k for k in others if y[k] == y[i]]
+            expected.append(-torch.stack([z[i] @ z[k] / 0.1 for k in positives]).mean())
+            expected[-1] = expected[-1] + log_denominator
+        torch.testing.assert_close(
+            _supcon_cross_modal(a, p, labels, 0.1), torch.stack(expected).mean()
+        )
+        # Classes on orthogonal directions, both modalities alike: only log(#positives) is left.
+        aligned = torch.eye(2)[torch.tensor([0, 0, 1, 1])] * 3
+        loss = _supcon_cross_modal(aligned, aligned, torch.tensor([0, 0, 1, 1]), 0.01)
+        torch.testing.assert_close(loss, torch.tensor(3.0).log())
 
 
 class TestTraining:
@@ -178,6 +204,33 @@ class TestTraining:
         stem = dataclasses.replace(TINY, label_in_stem=True)
         with pytest.raises(CheckpointError, match="ContraNetConfig"):
             train_contranet(stem, x, y, settings=longer, run_dir=tmp_path, progress=False)
+
+    def test_a_stage_setting_may_change_until_its_stage_begins(self, tmp_path) -> None:
+        x, y = data()
+        kwargs = dict(classify=classifier(), progress=False, log=None)
+        up_to_dis = ContraNetTrainSettings(
+            gan_epochs=1, dis_epochs=1, dmm_pretrain_epochs=0, dmm_epochs=0, batch_size=8
+        )
+        train_contranet(TINY, x, y, settings=up_to_dis, run_dir=tmp_path, **kwargs)
+        # Older checkpoints lack later settings: they resume with the defaults.
+        header_path = tmp_path / "checkpoints" / "epoch-0002" / "checkpoint.json"
+        header = json.loads(header_path.read_text())
+        del header["state"]["settings"]["supcon_temperature"]
+        header_path.write_text(json.dumps(header))
+        supcon = dataclasses.replace(up_to_dis, dmm_pretrain_epochs=1, dmm_pretrain_loss="supcon")
+        # A GAN-side setting may not change once the GAN stage has run.
+        with pytest.raises(CheckpointError, match=r"\['kl_weight'\] differ"):
+            train_contranet(
+                TINY, x, y, settings=dataclasses.replace(supcon, kl_weight=0.5),
+                run_dir=tmp_path, **kwargs,
+            )  # fmt: skip
+        resumed = train_contranet(TINY, x, y, settings=supcon, run_dir=tmp_path, **kwargs)
+        assert [r["stage"] for r in resumed.history] == ["gan", "dis", "dmm_pretrain"]
+        assert "loss_supcon" in resumed.history[-1] and "loss_triplet" not in resumed.history[-1]
+        # Once dmm_pretrain has run, its loss is part of the recipe.
+        longer = dataclasses.replace(up_to_dis, dmm_pretrain_epochs=1, dmm_epochs=1)
+        with pytest.raises(CheckpointError, match=r"\['dmm_pretrain_loss'\] differ"):
+            train_contranet(TINY, x, y, settings=longer, run_dir=tmp_path, **kwargs)
 
     def test_bad_labels_are_named(self) -> None:
         x, _ = data(8)

@@ -16,8 +16,9 @@ skips it):
    fine-tuned with it (the authors allow skipping it).
 2. ``dis``: Dis learns ``G(E(x), y_true)`` (positive) against ``G(E(x), y_wrong)`` (negative),
    hinge loss; with PGD examples of the classifier, ``G(E(x_adv), y_adv)`` is a negative too.
-3. ``dmm_pretrain``: F_real and F_syn with a cross-modal triplet loss (batch-hard mining on class
-   labels); ``dmm``: the whole DMM with cross-entropy on (x, G(E(x), y)) positive vs
+3. ``dmm_pretrain``: F_real and F_syn with a cross-modal metric loss, the authors' triplet loss
+   (batch-hard mining on class labels) or a supervised contrastive one; ``dmm``: the whole DMM
+   with cross-entropy on (x, G(E(x), y)) positive vs
    (x, G(E(x), y_wrong)) negative, plus (x_adv, G(E(x_adv), y_true)) positive and
    (x_adv, G(E(x_adv), y_adv)) negative.
 
@@ -26,9 +27,11 @@ Every epoch ends with a pickle-free checkpoint (see :mod:`guardnet.train.classif
 later one has started (that would shift every later epoch: the resume refuses).
 The newest checkpoint and the last one of every stage are kept, so a run can be branched at a
 stage boundary: copy the run folder, delete the checkpoints after that stage, and resume with
-another schedule for the later stages. Under ``torchrun`` (``WORLD_SIZE > 1``) the
-process group is set up here (gloo on CPU, NCCL on CUDA), each rank takes its share of every
-epoch's permutation and the trained nets are wrapped in ``DistributedDataParallel``.
+another schedule for the later stages (settings read by one stage only, such as the
+``dmm_pretrain`` loss, may change while that stage has not begun). Under ``torchrun``
+(``WORLD_SIZE > 1``) the process group is set up here (gloo on CPU, NCCL on CUDA), each rank
+takes its share of every epoch's permutation and the trained nets are wrapped in
+``DistributedDataParallel``.
 """
 
 from __future__ import annotations
@@ -79,6 +82,14 @@ __all__ = [
 ]
 
 STAGES = ("gan", "aux", "dis", "dmm_pretrain", "dmm")
+PRETRAIN_LOSSES = ("triplet", "supcon")
+# Settings read by one stage only: a resumed run may change them until that stage has begun
+# (e.g. branch a finished generator into another DMM recipe).
+_STAGE_ONLY_SETTINGS = {
+    "dmm_pretrain_loss": "dmm_pretrain",
+    "triplet_margin": "dmm_pretrain",
+    "supcon_temperature": "dmm_pretrain",
+}
 
 
 @dataclass(frozen=True)
@@ -106,7 +117,12 @@ class ContraNetTrainSettings:
             classifier in the ``dis`` and ``dmm`` stages, one drawn per image; empty: none.
         adv_steps: PGD steps of those examples.
         adv_fraction: share of each batch that gets an adversarial copy.
+        dmm_pretrain_loss: metric loss of ``dmm_pretrain``: ``"triplet"`` (the authors'
+            cross-modal batch-hard triplet) or ``"supcon"`` (supervised contrastive, Khosla et
+            al. 2020, over both modalities: every same-class input or rebuild in the batch is a
+            positive; steadier from scratch, where batch-hard triplets can stall at the margin).
         triplet_margin: margin of the ``dmm_pretrain`` triplet loss (normalised features).
+        supcon_temperature: temperature of the ``supcon`` loss.
         seed: seed of everything random.
         log_every: seconds between progress-bar redraws when stderr is not a terminal.
     """
@@ -133,7 +149,9 @@ class ContraNetTrainSettings:
     adv_eps: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
     adv_steps: int = 10
     adv_fraction: float = 0.5
+    dmm_pretrain_loss: str = "triplet"
     triplet_margin: float = 0.2
+    supcon_temperature: float = 0.1
     seed: int = 0
     log_every: float = 60.0
 
@@ -152,6 +170,13 @@ class ContraNetTrainSettings:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.adv_steps < 1:
             raise ValueError(f"adv_steps must be >= 1, got {self.adv_steps}")
+        if self.dmm_pretrain_loss not in PRETRAIN_LOSSES:
+            raise ValueError(
+                f"dmm_pretrain_loss must be one of {PRETRAIN_LOSSES}, "
+                f"got {self.dmm_pretrain_loss!r}"
+            )
+        if not self.supcon_temperature > 0:
+            raise ValueError(f"supcon_temperature must be > 0, got {self.supcon_temperature}")
 
     def schedule(self) -> list[tuple[str, int]]:
         """The (stage, epoch) units in order; checkpoint ``epoch-N`` is after unit N."""
@@ -303,6 +328,22 @@ def _triplet_cross_modal(a: Tensor, p: Tensor, labels: Tensor, margin: float) ->
     return loss.mean() / 2
 
 
+def _supcon_cross_modal(a: Tensor, p: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    """Supervised contrastive loss over input features ``a`` and rebuild features ``p``.
+
+    Both modalities form one batch of ``2B`` normalised features; each one's positives are all
+    others of its class (its own rebuild or input among them), the rest are negatives.
+    """
+    z = F.normalize(torch.cat([a, p]), dim=1)
+    y = torch.cat([labels, labels])
+    self_pair = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    logits = (z @ z.T / temperature).masked_fill(self_pair, float("-inf"))
+    log_prob = logits - logits.logsumexp(dim=1, keepdim=True)
+    positive = (y[:, None] == y[None, :]) & ~self_pair
+    per_anchor = log_prob.masked_fill(~positive, 0.0).sum(dim=1) / positive.sum(dim=1)
+    return -per_anchor.mean()
+
+
 # --------------------------------------------------------------------------------------------
 # Distributed setup
 # --------------------------------------------------------------------------------------------
@@ -442,9 +483,13 @@ class _Trainer:
                 f"the checkpoint was written for ContraNetConfig {saved_config}, this run uses "
                 f"{dataclasses.asdict(self.config)}: use another run folder or resume=False"
             )
-        # Epoch counts may grow (a longer schedule continues); log_every is cosmetic.
+        # Epoch counts may grow (a longer schedule continues); log_every is cosmetic; a setting
+        # of one stage may change while that stage has not begun.
+        begun = {entry["stage"] for entry in state["history"]}
         free = {f"{stage}_epochs" for stage in STAGES} | {"log_every"}
-        saved = state["settings"]
+        free |= {k for k, stage in _STAGE_ONLY_SETTINGS.items() if stage not in begun}
+        # Settings added later take their defaults in older checkpoints.
+        saved = ContraNetTrainSettings().to_dict() | dict(state["settings"])
         changed = [k for k, v in self.s.to_dict().items() if k not in free and saved.get(k) != v]
         if changed:
             raise CheckpointError(
@@ -688,10 +733,16 @@ class _Trainer:
             rebuilt = self._rebuild(x, y)
             opt.zero_grad(set_to_none=True)
             a, p = features(x, rebuilt)
-            loss = _triplet_cross_modal(a, p, y, self.s.triplet_margin)
-            loss.backward()
-            opt.step()
-            totals.add(loss_triplet=loss)
+            if self.s.dmm_pretrain_loss == "supcon":
+                loss = _supcon_cross_modal(a, p, y, self.s.supcon_temperature)
+                loss.backward()
+                opt.step()
+                totals.add(loss_supcon=loss)
+            else:
+                loss = _triplet_cross_modal(a, p, y, self.s.triplet_margin)
+                loss.backward()
+                opt.step()
+                totals.add(loss_triplet=loss)
         return totals.mean()
 
     def run_dmm(self, desc: str) -> dict[str, Tensor]:
