@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from contranet_label_fidelity import load_layer
 
 from guardnet.data import load_split
+from guardnet.data.datasets import SplitDataset
 from guardnet.layers.contranet import ContraNetLayer
 from guardnet.nets.contranet import to_unit_range
 
@@ -49,7 +50,7 @@ def centroid_accuracy(
 
 
 @torch.inference_mode()
-def probe_dmm(layer: ContraNetLayer, train: object, val: object) -> dict[str, float]:
+def probe_dmm(layer: ContraNetLayer, train: SplitDataset, val: SplitDataset) -> dict[str, float]:
     net, k = layer.net, layer.num_classes
     size = net.config.image_size
     x_train, x_val = to_unit_range(train.images, size), to_unit_range(val.images, size)

@@ -490,7 +490,7 @@ class _Trainer:
         free |= {k for k, stage in _STAGE_ONLY_SETTINGS.items() if stage not in begun}
         # Settings added later take their defaults in older checkpoints.
         saved = ContraNetTrainSettings().to_dict() | dict(state["settings"])
-        changed = [k for k, v in self.s.to_dict().items() if k not in free and saved.get(k) != v]
+        changed = [k for k, v in self.s.to_dict().items() if k not in free and saved[k] != v]
         if changed:
             raise CheckpointError(
                 f"settings {changed} differ from the checkpoint's; resuming would mix two "
@@ -735,14 +735,11 @@ class _Trainer:
             a, p = features(x, rebuilt)
             if self.s.dmm_pretrain_loss == "supcon":
                 loss = _supcon_cross_modal(a, p, y, self.s.supcon_temperature)
-                loss.backward()
-                opt.step()
-                totals.add(loss_supcon=loss)
             else:
                 loss = _triplet_cross_modal(a, p, y, self.s.triplet_margin)
-                loss.backward()
-                opt.step()
-                totals.add(loss_triplet=loss)
+            loss.backward()
+            opt.step()
+            totals.add(**{f"loss_{self.s.dmm_pretrain_loss}": loss})
         return totals.mean()
 
     def run_dmm(self, desc: str) -> dict[str, Tensor]:
