@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shlex
 import shutil
@@ -91,6 +92,12 @@ class TestHelpers:
             ContraNetTrainSettings(dmm_pretrain_loss="arcface")
         with pytest.raises(ValueError, match="supcon_temperature"):
             ContraNetTrainSettings(supcon_temperature=0.0)
+        with pytest.raises(ValueError, match="dmm_pretrain_adversarial needs dmm_pretrain_loss"):
+            ContraNetTrainSettings(dmm_pretrain_adversarial=True)
+        with pytest.raises(ValueError, match="non-empty adv_eps"):
+            ContraNetTrainSettings(
+                dmm_pretrain_adversarial=True, dmm_pretrain_loss="supcon", adv_eps=()
+            )
 
     def test_supcon_matches_its_definition(self) -> None:
         g = torch.Generator().manual_seed(0)
@@ -112,6 +119,22 @@ class TestHelpers:
         aligned = torch.eye(2)[torch.tensor([0, 0, 1, 1])] * 3
         loss = _supcon_cross_modal(aligned, aligned, torch.tensor([0, 0, 1, 1]), 0.01)
         torch.testing.assert_close(loss, torch.tensor(3.0).log())
+
+    def test_supcon_takes_extra_input_rows_with_their_own_labels(self) -> None:
+        g = torch.Generator().manual_seed(1)
+        a, p = torch.randn(5, 4, generator=g), torch.randn(3, 4, generator=g)
+        labels, a_labels = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 1, 0, 1])
+        z = torch.nn.functional.normalize(torch.cat([a, p]), dim=1)
+        y = torch.cat([a_labels, labels])
+        expected = []
+        for i in range(8):
+            others = [k for k in range(8) if k != i]
+            log_denominator = torch.logsumexp(z[i] @ z[others].T / 0.2, dim=0)
+            positives = [k for k in others if y[k] == y[i]]
+            similarity = torch.stack([z[i] @ z[k] / 0.2 for k in positives]).mean()
+            expected.append(log_denominator - similarity)
+        got = _supcon_cross_modal(a, p, labels, 0.2, a_labels=a_labels)
+        torch.testing.assert_close(got, torch.stack(expected).mean())
 
 
 class TestTraining:
@@ -231,6 +254,24 @@ class TestTraining:
         longer = dataclasses.replace(up_to_dis, dmm_pretrain_epochs=1, dmm_epochs=1)
         with pytest.raises(CheckpointError, match=r"\['dmm_pretrain_loss'\] differ"):
             train_contranet(TINY, x, y, settings=longer, run_dir=tmp_path, **kwargs)
+
+    def test_adversarial_pretraining_embeds_attacked_copies(self, tmp_path) -> None:
+        x, y = data()
+        base = ContraNetTrainSettings(
+            gan_epochs=1, dis_epochs=0, dmm_pretrain_epochs=1, dmm_epochs=0, batch_size=8,
+            dmm_pretrain_loss="supcon",
+        )  # fmt: skip
+        adversarial = dataclasses.replace(base, dmm_pretrain_adversarial=True)
+        with pytest.raises(ValueError, match="needs the classifier"):
+            train_contranet(TINY, x, y, settings=adversarial, progress=False, log=None)
+        kwargs = dict(classify=classifier(), progress=False, log=None)
+        clean = train_contranet(TINY, x, y, settings=base, **kwargs)
+        attacked = train_contranet(TINY, x, y, settings=adversarial, **kwargs)
+        # Same seed and GAN stage; only the pretraining batches differ (extra anchors).
+        assert clean.history[0]["loss_g"] == attacked.history[0]["loss_g"]
+        loss_clean = clean.history[1]["loss_supcon"]
+        loss_attacked = attacked.history[1]["loss_supcon"]
+        assert math.isfinite(loss_attacked) and loss_attacked != loss_clean
 
     def test_bad_labels_are_named(self) -> None:
         x, _ = data(8)

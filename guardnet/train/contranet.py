@@ -17,7 +17,8 @@ skips it):
 2. ``dis``: Dis learns ``G(E(x), y_true)`` (positive) against ``G(E(x), y_wrong)`` (negative),
    hinge loss; with PGD examples of the classifier, ``G(E(x_adv), y_adv)`` is a negative too.
 3. ``dmm_pretrain``: F_real and F_syn with a cross-modal metric loss, the authors' triplet loss
-   (batch-hard mining on class labels) or a supervised contrastive one; ``dmm``: the whole DMM
+   (batch-hard mining on class labels) or a supervised contrastive one (optionally with PGD
+   copies of the classifier as extra F_real inputs of their true class); ``dmm``: the whole DMM
    with cross-entropy on (x, G(E(x), y)) positive vs
    (x, G(E(x), y_wrong)) negative, plus (x_adv, G(E(x_adv), y_true)) positive and
    (x_adv, G(E(x_adv), y_adv)) negative.
@@ -89,6 +90,7 @@ _STAGE_ONLY_SETTINGS = {
     "dmm_pretrain_loss": "dmm_pretrain",
     "triplet_margin": "dmm_pretrain",
     "supcon_temperature": "dmm_pretrain",
+    "dmm_pretrain_adversarial": "dmm_pretrain",
 }
 
 
@@ -123,6 +125,11 @@ class ContraNetTrainSettings:
             positive; steadier from scratch, where batch-hard triplets can stall at the margin).
         triplet_margin: margin of the ``dmm_pretrain`` triplet loss (normalised features).
         supcon_temperature: temperature of the ``supcon`` loss.
+        dmm_pretrain_adversarial: in ``dmm_pretrain``, also embed PGD copies of the classifier
+            (``adv_eps``, ``adv_steps``, ``adv_fraction``) with F_real and pull each towards
+            its true class (``supcon`` only). The DMM can only flag ``(x_adv, y_adv)`` if F_real
+            still sees x_adv's true class, and attacks on the classifier transfer to a net
+            trained on clean images alone.
         seed: seed of everything random.
         log_every: seconds between progress-bar redraws when stderr is not a terminal.
     """
@@ -152,6 +159,7 @@ class ContraNetTrainSettings:
     dmm_pretrain_loss: str = "triplet"
     triplet_margin: float = 0.2
     supcon_temperature: float = 0.1
+    dmm_pretrain_adversarial: bool = False
     seed: int = 0
     log_every: float = 60.0
 
@@ -177,6 +185,16 @@ class ContraNetTrainSettings:
             )
         if not self.supcon_temperature > 0:
             raise ValueError(f"supcon_temperature must be > 0, got {self.supcon_temperature}")
+        if self.dmm_pretrain_adversarial and self.dmm_pretrain_loss != "supcon":
+            raise ValueError(
+                "dmm_pretrain_adversarial needs dmm_pretrain_loss='supcon' (adversarial copies "
+                f"have no rebuild of their own to be a triplet's positive), got "
+                f"{self.dmm_pretrain_loss!r}"
+            )
+        if self.dmm_pretrain_adversarial and not (self.adv_eps and self.adv_fraction > 0):
+            raise ValueError(
+                "dmm_pretrain_adversarial needs a non-empty adv_eps and adv_fraction > 0"
+            )
 
     def schedule(self) -> list[tuple[str, int]]:
         """The (stage, epoch) units in order; checkpoint ``epoch-N`` is after unit N."""
@@ -328,14 +346,24 @@ def _triplet_cross_modal(a: Tensor, p: Tensor, labels: Tensor, margin: float) ->
     return loss.mean() / 2
 
 
-def _supcon_cross_modal(a: Tensor, p: Tensor, labels: Tensor, temperature: float) -> Tensor:
+def _supcon_cross_modal(
+    a: Tensor,
+    p: Tensor,
+    labels: Tensor,
+    temperature: float,
+    *,
+    a_labels: Tensor | None = None,
+) -> Tensor:
     """Supervised contrastive loss over input features ``a`` and rebuild features ``p``.
 
-    Both modalities form one batch of ``2B`` normalised features; each one's positives are all
+    Both modalities form one batch of normalised features; each one's positives are all
     others of its class (its own rebuild or input among them), the rest are negatives.
+    ``labels`` are the classes of ``p`` and, unless ``a_labels`` is given, of ``a`` too
+    (``a`` may then hold more rows than ``p``, e.g. adversarial copies of some inputs).
     """
+    a_labels = labels if a_labels is None else a_labels
     z = F.normalize(torch.cat([a, p]), dim=1)
-    y = torch.cat([labels, labels])
+    y = torch.cat([a_labels, labels])
     self_pair = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
     logits = (z @ z.T / temperature).masked_fill(self_pair, float("-inf"))
     log_prob = logits - logits.logsumexp(dim=1, keepdim=True)
@@ -729,12 +757,18 @@ class _Trainer:
         self.dmm.train()
         opt = self.optimizers["dmm"]
         totals = _Totals(dev)
-        for _, x, y in self.batches(desc):
+        for native, x, y in self.batches(desc):
             rebuilt = self._rebuild(x, y)
+            inputs, input_labels = x, y
+            adv = self.adversarial(native, y) if self.s.dmm_pretrain_adversarial else None
+            if adv is not None:
+                inputs, input_labels = torch.cat([x, adv[0]]), torch.cat([y, adv[1]])
             opt.zero_grad(set_to_none=True)
-            a, p = features(x, rebuilt)
+            a, p = features(inputs, rebuilt)
             if self.s.dmm_pretrain_loss == "supcon":
-                loss = _supcon_cross_modal(a, p, y, self.s.supcon_temperature)
+                loss = _supcon_cross_modal(
+                    a, p, y, self.s.supcon_temperature, a_labels=input_labels
+                )
             else:
                 loss = _triplet_cross_modal(a, p, y, self.s.triplet_margin)
             loss.backward()
@@ -853,7 +887,8 @@ def train_contranet(
         labels: (N,) int64 true labels.
         settings: hyper-parameters (default :class:`ContraNetTrainSettings`).
         classify: the protected classifier, [0, 1] images -> logits, for the adversarial
-            examples of the ``dis`` and ``dmm`` stages (``None``: no adversarial examples). It
+            examples of the ``dis`` and ``dmm`` stages (``None``: no adversarial examples) and
+            of ``dmm_pretrain`` with ``dmm_pretrain_adversarial`` (which then needs it). It
             must already be in eval mode on ``device``.
         run_dir: folder for checkpoints and ``train_log.jsonl`` (``None``: keep nothing).
         resume: continue after the newest checkpoint in ``run_dir``.
@@ -865,7 +900,8 @@ def train_contranet(
         A :class:`ContraNetTrainResult` with the inference :class:`ContraNet` (CPU, eval).
 
     Raises:
-        ValueError: images and labels disagree, or a label is out of range.
+        ValueError: images and labels disagree, a label is out of range, or
+            ``dmm_pretrain_adversarial`` is set without ``classify``.
         CheckpointError: resuming from a checkpoint of another configuration.
     """
     settings = settings or ContraNetTrainSettings()
@@ -880,6 +916,8 @@ def train_contranet(
             f"labels must lie in [0, {config.num_classes}), got [{int(labels.min())}, "
             f"{int(labels.max())}]"
         )
+    if settings.dmm_pretrain_adversarial and settings.dmm_pretrain_epochs and classify is None:
+        raise ValueError("dmm_pretrain_adversarial needs the classifier (classify) to attack")
     device = torch.device(device)
     ctx, device = _setup_distributed(device)
     if device.type == "cpu":
