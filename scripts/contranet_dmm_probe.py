@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from contranet_label_fidelity import load_layer
+from measure_contranet import pgd_examples
 
 from guardnet.data import load_split
 from guardnet.data.datasets import SplitDataset
@@ -72,8 +73,6 @@ def adversarial_centroid_accuracy(
     seed: int = 0,
 ) -> dict[str, float]:
     """F_real's nearest-centroid accuracy on PGD examples of the classifier, per budget."""
-    import torchattacks
-
     net, k, size = layer.net, layer.num_classes, layer.net.config.image_size
     f_real = net.dmm.f_real.eval()
     center = centroids(f_real, to_unit_range(train.images, size), train.labels, k)
@@ -82,12 +81,7 @@ def adversarial_centroid_accuracy(
     x, y = val.images[right], val.labels[right]
     out: dict[str, float] = {}
     for eps in eps_values:
-        torch.manual_seed(seed)
-        attack = torchattacks.PGD(
-            classifier, eps=eps, alpha=max(eps / 4, 2.5 * eps / steps), steps=steps,
-            random_start=True,
-        )  # fmt: skip
-        adv = torch.cat([attack(a, b) for a, b in zip(x.split(250), y.split(250), strict=True)])
+        adv = pgd_examples(classifier, x, y, eps, steps=steps, seed=seed)
         with torch.inference_mode():
             fooled = classifier(adv).argmax(dim=1) != y
             feats = F.normalize(f_real(to_unit_range(adv[fooled], size)), dim=1)

@@ -40,6 +40,18 @@ def batched(attack, x: Tensor, y: Tensor, size: int = 250) -> Tensor:
     return torch.cat([attack(a, b) for a, b in zip(x.split(size), y.split(size), strict=True)])
 
 
+def pgd_examples(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, *, steps: int, seed: int
+) -> Tensor:
+    """Untargeted torchattacks PGD-L-inf from a random start, step size eps/4 ... 2.5 eps/steps."""
+    import torchattacks
+
+    torch.manual_seed(seed)
+    alpha = max(eps / 4, 2.5 * eps / steps)
+    attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    return batched(attack, x, y)
+
+
 def evaluate(guard: GuardedModel, clean: Tensor, labels: Tensor, attacks: dict) -> dict:
     result = guard(clean)
     correct = result.classifier_labels == labels
@@ -125,16 +137,9 @@ def main() -> None:
     timings = {}
     for eps in args.eps:
         label = f"{eps:g}" if info.name == "mnist" else f"{round(eps * 255)}/255"
-        torch.manual_seed(args.seed)
         tick = time.perf_counter()
-        attack = torchattacks.PGD(
-            model,
-            eps=eps,
-            alpha=max(eps / 4, 2.5 * eps / args.steps),
-            steps=args.steps,
-            random_start=True,
-        )
-        attacks[f"pgd_linf_{label}"] = (batched(attack, xc, yc), yc)
+        adv = pgd_examples(model, xc, yc, eps, steps=args.steps, seed=args.seed)
+        attacks[f"pgd_linf_{label}"] = (adv, yc)
         timings[f"pgd_linf_{label}"] = time.perf_counter() - tick
     if args.cw_steps:
         torch.manual_seed(args.seed)

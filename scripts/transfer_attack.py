@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure_contranet import pgd_examples
 
 from guardnet.data import load_split
 from guardnet.recipes import build_classifier
@@ -33,8 +38,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    import torchattacks
-
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -56,13 +59,8 @@ def main() -> None:
         }
     x, y = x[right], y[right]
     for eps in args.eps:
-        torch.manual_seed(args.seed)
         tick = time.perf_counter()
-        attack = torchattacks.PGD(
-            source, eps=eps, alpha=max(eps / 4, 2.5 * eps / args.steps), steps=args.steps,
-            random_start=True,
-        )  # fmt: skip
-        adv = torch.cat([attack(a, b) for a, b in zip(x.split(250), y.split(250), strict=True)])
+        adv = pgd_examples(source, x, y, eps, steps=args.steps, seed=args.seed)
         with torch.no_grad():
             report["budgets"][f"{eps:g}"] = {
                 "source_fooled": round((source(adv).argmax(dim=1) != y).float().mean().item(), 4),
