@@ -15,6 +15,10 @@ Protocol:
 Usage:
     python scripts/measure_contranet.py --dataset mnist --contranet runs/contranet-mnist/model \
         --classifier mnist-cnn --eps 0.1 0.3 --json benchmarks/results/contranet_mnist.json
+
+``--attack-cache DIR`` keeps the adversarial examples (safetensors, keyed by the attack settings,
+the classifier's weights and the attacked images), so that several ContraNets protecting one
+classifier are measured on the same examples without re-running the attacks.
 """
 
 from __future__ import annotations
@@ -50,6 +54,48 @@ def pgd_examples(
     alpha = max(eps / 4, 2.5 * eps / steps)
     attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
     return batched(attack, x, y)
+
+
+def cached_examples(
+    directory: str | None, name: str, settings: dict, model: nn.Module, x: Tensor, y: Tensor, make
+) -> Tensor:
+    """``make()``, or its earlier result for the same attack, model weights and inputs.
+
+    Attacks target the classifier only, so every ContraNet measured against one classifier can
+    share them. Files are safetensors with the key's ingredients as metadata; a mismatch
+    recomputes.
+    """
+    if directory is None:
+        return make()
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from guardnet.eval.attacks.cache import model_fingerprint, tensor_fingerprint
+
+    ingredients = json.dumps(
+        {
+            "attack": name,
+            **settings,
+            "model": model_fingerprint(model),
+            "inputs": tensor_fingerprint(x, y),
+            "torch": torch.__version__,
+        },
+        sort_keys=True,
+    )
+    key = hashlib.sha256(ingredients.encode()).hexdigest()[:20]
+    path = Path(directory) / f"{name.replace('/', '_')}-{key}.safetensors"
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("ingredients") == ingredients:
+                adv = f.get_tensor("adversarial")
+                if adv.shape == x.shape:
+                    return adv
+    adv = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"adversarial": adv.contiguous()}, str(path), metadata={"ingredients": ingredients})
+    return adv
 
 
 def evaluate(guard: GuardedModel, clean: Tensor, labels: Tensor, attacks: dict) -> dict:
@@ -108,6 +154,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     parser.add_argument("--grid", default=None, help="write a reconstruction grid PNG here")
+    parser.add_argument(
+        "--attack-cache",
+        default=None,
+        help="folder of adversarial examples reused across ContraNets of one classifier",
+    )
     args = parser.parse_args()
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import torchattacks
@@ -137,15 +188,39 @@ def main() -> None:
     timings = {}
     for eps in args.eps:
         label = f"{eps:g}" if info.name == "mnist" else f"{round(eps * 255)}/255"
+        name = f"pgd_linf_{label}"
         tick = time.perf_counter()
-        adv = pgd_examples(model, xc, yc, eps, steps=args.steps, seed=args.seed)
-        attacks[f"pgd_linf_{label}"] = (adv, yc)
-        timings[f"pgd_linf_{label}"] = time.perf_counter() - tick
+        adv = cached_examples(
+            args.attack_cache,
+            name,
+            {"eps": eps, "steps": args.steps, "seed": args.seed},
+            model,
+            xc,
+            yc,
+            lambda eps=eps: pgd_examples(model, xc, yc, eps, steps=args.steps, seed=args.seed),
+        )
+        attacks[name] = (adv, yc)
+        timings[name] = time.perf_counter() - tick
     if args.cw_steps:
-        torch.manual_seed(args.seed)
+
+        def carlini_wagner() -> Tensor:
+            torch.manual_seed(args.seed)
+            attack = torchattacks.CW(model, c=1.0, kappa=0.0, steps=args.cw_steps, lr=0.01)
+            return batched(attack, xc, yc)
+
         tick = time.perf_counter()
-        attack = torchattacks.CW(model, c=1.0, kappa=0.0, steps=args.cw_steps, lr=0.01)
-        attacks["cw_l2"] = (batched(attack, xc, yc), yc)
+        attacks["cw_l2"] = (
+            cached_examples(
+                args.attack_cache,
+                "cw_l2",
+                {"steps": args.cw_steps, "seed": args.seed},
+                model,
+                xc,
+                yc,
+                carlini_wagner,
+            ),
+            yc,
+        )
         timings["cw_l2"] = time.perf_counter() - tick
 
     # Attacks target the classifier only, so one set of adversarial examples serves every budget.
@@ -174,6 +249,7 @@ def main() -> None:
         "results": headline["results"],
         "by_target_fpr": by_fpr,
         "attack_seconds": timings,
+        "attack_cache": args.attack_cache,
         "seconds": time.perf_counter() - began,
         "torch": torch.__version__,
         "machine": platform.machine(),
