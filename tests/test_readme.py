@@ -1,0 +1,46 @@
+"""The README stays in step with the code: its links, scripts and registered names exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from guardnet.hub import list_pretrained
+from guardnet.recipes import list_guards
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_relative_links_resolve() -> None:
+    targets = re.findall(r"\]\(([^)#\s]+)\)", README)
+    local = [t for t in targets if "://" not in t]
+    assert local, "the README links no local files: the pattern no longer matches"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README links missing files: {missing}"
+
+
+def test_named_scripts_exist() -> None:
+    scripts = set(re.findall(r"scripts/([\w-]+\.py)", README))
+    missing = sorted(s for s in scripts if not (ROOT / "scripts" / s).is_file())
+    assert not missing, f"README names scripts that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("entry", list_pretrained(), ids=lambda e: e.name)
+def test_every_pretrained_weight_is_in_the_table(entry) -> None:
+    assert f"| `{entry.name}` |" in README, f"{entry.name} is missing from 'Pretrained weights'"
+
+
+def test_every_guard_recipe_is_mentioned() -> None:
+    missing = [g.name for g in list_guards() if f"`{g.name}`" not in README]
+    assert not missing, f"guard recipes the README never names: {missing}"
+
+
+@pytest.mark.parametrize(
+    "section",
+    ["## Set-up", "## Evaluation: `guardnet eval`", "## Command line", "## Pretrained weights"],
+)
+def test_user_facing_sections_present(section: str) -> None:
+    assert f"\n{section}" in README
