@@ -604,19 +604,19 @@ register_pretrained(
         local_folder="contranet-gtsrb",
         dataset="gtsrb",
         architecture="ContraNet",
-        # Test figures at the 2% validation FPR budget, where Acc_dec stays within 5 points of
-        # the bare classifier (the 5% budget gives 8.4% test FPR: see the model card).
+        # Test figures at the 3% validation FPR budget, where Acc_dec stays within 5 points of
+        # the bare classifier (the 5% budget gives 8.1% test FPR: see the model card).
         metrics={
-            "gtsrb_val_fpr_budget": 0.02,
-            "gtsrb_test_tpr_pgd_linf_2/255": 0.393,
-            "gtsrb_test_tpr_pgd_linf_4/255": 0.4145,
-            "gtsrb_test_tpr_pgd_linf_8/255": 0.4722,
-            "gtsrb_test_tpr_cw_l2": 0.4641,
-            "gtsrb_test_fpr": 0.045,
-            "gtsrb_test_acc_dec": 0.951,
+            "gtsrb_val_fpr_budget": 0.03,
+            "gtsrb_test_tpr_pgd_linf_2/255": 0.4104,
+            "gtsrb_test_tpr_pgd_linf_4/255": 0.4555,
+            "gtsrb_test_tpr_pgd_linf_8/255": 0.5257,
+            "gtsrb_test_tpr_cw_l2": 0.5288,
+            "gtsrb_test_fpr": 0.048,
+            "gtsrb_test_acc_dec": 0.948,
             "gtsrb_val_l2": 0.0669,
             "gtsrb_val_ssim": 0.5063,
-            "gtsrb_val_dmm_pair": 0.9665,
+            "gtsrb_val_dmm_pair": 0.9735,
             "gtsrb_val_dis_pair": 0.681,
             "gtsrb_val_ssim_pair": 0.8955,
         },
