@@ -56,46 +56,35 @@ def pgd_examples(
     return batched(attack, x, y)
 
 
+class _ScriptAttack:
+    """One of this script's attacks in the shape :class:`AdversarialCache` keys and runs."""
+
+    def __init__(self, name: str, model: nn.Module, settings: dict, make) -> None:
+        self.name = name.replace("/", "_")  # part of a file name
+        self.model = model
+        self.settings = settings
+        self.make = make
+
+    def config(self) -> dict:
+        return {"attack": self.name, "params": self.settings, "torch": torch.__version__}
+
+    def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
+        return self.make()
+
+
 def cached_examples(
     directory: str | None, name: str, settings: dict, model: nn.Module, x: Tensor, y: Tensor, make
 ) -> Tensor:
     """``make()``, or its earlier result for the same attack, model weights and inputs.
 
     Attacks target the classifier only, so every ContraNet measured against one classifier can
-    share them. Files are safetensors with the key's ingredients as metadata; a mismatch
-    recomputes.
+    share them (guardnet's :class:`AdversarialCache`: safetensors, a mismatch recomputes).
     """
     if directory is None:
         return make()
-    import hashlib
+    from guardnet.eval.attacks.cache import AdversarialCache
 
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from guardnet.eval.attacks.cache import model_fingerprint, tensor_fingerprint
-
-    ingredients = json.dumps(
-        {
-            "attack": name,
-            **settings,
-            "model": model_fingerprint(model),
-            "inputs": tensor_fingerprint(x, y),
-            "torch": torch.__version__,
-        },
-        sort_keys=True,
-    )
-    key = hashlib.sha256(ingredients.encode()).hexdigest()[:20]
-    path = Path(directory) / f"{name.replace('/', '_')}-{key}.safetensors"
-    if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("ingredients") == ingredients:
-                adv = f.get_tensor("adversarial")
-                if adv.shape == x.shape:
-                    return adv
-    adv = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"adversarial": adv.contiguous()}, str(path), metadata={"ingredients": ingredients})
-    return adv
+    return AdversarialCache(directory).run(_ScriptAttack(name, model, settings, make), x, y)
 
 
 def evaluate(guard: GuardedModel, clean: Tensor, labels: Tensor, attacks: dict) -> dict:
