@@ -69,19 +69,19 @@ class _ScriptAttack:
         return {"attack": self.name, "params": self.settings, "torch": torch.__version__}
 
     def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
-        return self.make()
+        return self.make(images, labels)
 
 
 def cached_examples(
     directory: str | None, name: str, settings: dict, model: nn.Module, x: Tensor, y: Tensor, make
 ) -> Tensor:
-    """``make()``, or its earlier result for the same attack, model weights and inputs.
+    """``make(x, y)``, or its earlier result for the same attack, model weights and inputs.
 
     Attacks target the classifier only, so every ContraNet measured against one classifier can
     share them (guardnet's :class:`AdversarialCache`: safetensors, a mismatch recomputes).
     """
     if directory is None:
-        return make()
+        return make(x, y)
     from guardnet.eval.attacks.cache import AdversarialCache
 
     return AdversarialCache(directory).run(_ScriptAttack(name, model, settings, make), x, y)
@@ -186,16 +186,16 @@ def main() -> None:
             model,
             xc,
             yc,
-            lambda eps=eps: pgd_examples(model, xc, yc, eps, steps=args.steps, seed=args.seed),
+            lambda a, b, eps=eps: pgd_examples(model, a, b, eps, steps=args.steps, seed=args.seed),
         )
         attacks[name] = (adv, yc)
         timings[name] = time.perf_counter() - tick
     if args.cw_steps:
 
-        def carlini_wagner() -> Tensor:
+        def carlini_wagner(images: Tensor, labels: Tensor) -> Tensor:
             torch.manual_seed(args.seed)
             attack = torchattacks.CW(model, c=1.0, kappa=0.0, steps=args.cw_steps, lr=0.01)
-            return batched(attack, xc, yc)
+            return batched(attack, images, labels)
 
         tick = time.perf_counter()
         attacks["cw_l2"] = (
