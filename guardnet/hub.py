@@ -626,6 +626,35 @@ register_pretrained(
 )
 register_pretrained(
     PretrainedEntry(
+        name="contranet-cifar10",
+        hub_id="guardnet/contranet-cifar10",
+        local_folder="contranet-cifar10",
+        dataset="cifar10",
+        architecture="ContraNet",
+        # Test figures at the 5% validation FPR budget (CIFAR-10's test FPR lands on it: 4.5%).
+        metrics={
+            "cifar10_val_fpr_budget": 0.05,
+            "cifar10_test_tpr_pgd_linf_2/255": 0.2403,
+            "cifar10_test_tpr_pgd_linf_4/255": 0.2554,
+            "cifar10_test_tpr_pgd_linf_8/255": 0.2188,
+            "cifar10_test_tpr_cw_l2": 0.26,
+            "cifar10_test_fpr": 0.045,
+            "cifar10_test_acc_dec": 0.858,
+            "cifar10_val_l2": 0.1977,
+            "cifar10_val_ssim": 0.1781,
+            "cifar10_val_dmm_pair": 0.896,
+            "cifar10_val_dis_pair": 0.5985,
+            "cifar10_val_ssim_pair": 0.689,
+        },
+        license="Apache-2.0",
+        description=(
+            "ContraNet detector nets for CIFAR-10 (JPEG q75; G width 32, label in G's stem), "
+            "trained by guardnet."
+        ),
+    )
+)
+register_pretrained(
+    PretrainedEntry(
         name="mnist-cnn",
         hub_id="guardnet/mnist-cnn",
         local_folder="mnist-cnn",

@@ -179,7 +179,7 @@ def build_guard(
 for _dataset, _classifier, _contranet_weights in (
     ("mnist", "mnist-cnn", "contranet-mnist"),
     ("gtsrb", "resnet20-gtsrb", "contranet-gtsrb"),
-    ("cifar10", "resnet20-cifar10jpeg-ft", None),
+    ("cifar10", "resnet20-cifar10jpeg-ft", "contranet-cifar10"),
 ):
     register_guard(
         GuardRecipe(
@@ -190,24 +190,21 @@ for _dataset, _classifier, _contranet_weights in (
             description=f"SAEC before {_classifier}",
         )
     )
-    if _contranet_weights is not None:
-        register_guard(
-            GuardRecipe(
-                name=f"{_dataset}-contranet",
-                dataset=_dataset,
-                classifier=_classifier,
-                layers=({"type": "contranet", "weights": _contranet_weights},),
-                description=f"ContraNet ({_contranet_weights}) after {_classifier}",
-            )
+    register_guard(
+        GuardRecipe(
+            name=f"{_dataset}-contranet",
+            dataset=_dataset,
+            classifier=_classifier,
+            layers=({"type": "contranet", "weights": _contranet_weights},),
+            description=f"ContraNet ({_contranet_weights}) after {_classifier}",
         )
-        register_guard(
-            GuardRecipe(
-                name=f"{_dataset}-mixdefense",
-                dataset=_dataset,
-                classifier=_classifier,
-                layers=({"type": "saec"}, {"type": "contranet", "weights": _contranet_weights}),
-                description=(
-                    f"MixDefense: SAEC -> {_classifier} -> ContraNet ({_contranet_weights})"
-                ),
-            )
+    )
+    register_guard(
+        GuardRecipe(
+            name=f"{_dataset}-mixdefense",
+            dataset=_dataset,
+            classifier=_classifier,
+            layers=({"type": "saec"}, {"type": "contranet", "weights": _contranet_weights}),
+            description=f"MixDefense: SAEC -> {_classifier} -> ContraNet ({_contranet_weights})",
         )
+    )

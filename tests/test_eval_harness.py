@@ -129,12 +129,22 @@ def test_recipes_build_and_load(tmp_path) -> None:
         load_recipe("no-such-guard")
 
 
-def test_gtsrb_mixdefense_recipe_runs_with_shipped_contranet() -> None:
+@pytest.mark.parametrize(
+    ("name", "classifier", "num_classes"),
+    [
+        ("gtsrb-mixdefense", "resnet20-gtsrb", 43),
+        ("cifar10-mixdefense", "resnet20-cifar10jpeg-ft", 10),
+    ],
+)
+def test_colour_mixdefense_recipes_run_with_shipped_contranet(
+    name: str, classifier: str, num_classes: int
+) -> None:
     import torch
 
-    guard, recipe = build_guard("gtsrb-mixdefense")
-    assert list(guard.layers) == ["saec", "contranet"] and recipe.classifier == "resnet20-gtsrb"
-    assert guard.num_classes == 43 and guard.layers["contranet"].num_classes == 43
+    guard, recipe = build_guard(name)
+    assert list(guard.layers) == ["saec", "contranet"] and recipe.classifier == classifier
+    assert guard.num_classes == num_classes
+    assert guard.layers["contranet"].num_classes == num_classes
     scores = guard.compute_scores(
         torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     )
