@@ -14,6 +14,7 @@ from guardnet.cli import main
 from guardnet.eval.attacks import AdversarialCache
 from guardnet.eval.command import parse_eps
 from guardnet.eval.harness import AttackPlan, evaluate_guard, format_eps, format_report
+from guardnet.layers import LayerInput, LayerOutput
 from guardnet.recipes import GUARD_RECIPES, build_guard, load_recipe
 
 
@@ -105,6 +106,39 @@ def test_harness_reuses_cached_examples(tmp_path) -> None:
     }
 
 
+class FirstPixelDetector(SecondPixelDetector):
+    """Like :class:`SecondPixelDetector` on the first pixel: a score independent of it."""
+
+    default_name = "first"
+
+    def forward(self, inputs: LayerInput) -> LayerOutput:
+        return LayerOutput(scores=(inputs.images.flatten(1)[:, 0] - 0.325).abs())
+
+
+def test_harness_budget_shares_the_joint_fpr() -> None:
+    val, _ = toy_data(2000, 0)
+    x, y = toy_data(50, 1)
+
+    def layer_rates(budget: dict[str, float] | None) -> dict[str, float]:
+        guard = GuardedModel(
+            SumClassifier(), [SecondPixelDetector(), FirstPixelDetector()], num_classes=2
+        )
+        report = evaluate_guard(
+            guard, val_images=val, test_images=x, test_labels=y, plans=[], fprs=(0.1,),
+            budget=budget, log=lambda _: None,
+        )  # fmt: skip
+        assert report["budget"] == budget
+        calibration = report["calibration"]["0.1"]
+        assert calibration["overall_fpr"] == pytest.approx(0.1, abs=0.01)
+        return {k: v["achieved_fpr"] for k, v in calibration["layers"].items()}
+
+    equal, weighted = layer_rates(None), layer_rates({"pixel": 4.0})
+    assert equal["pixel"] == pytest.approx(equal["first"], abs=0.01)
+    # Four shares to one: the favoured score gets about 4/5 of the joint budget.
+    assert weighted["pixel"] == pytest.approx(4 * weighted["first"], rel=0.25)
+    assert weighted["pixel"] > equal["pixel"] > weighted["first"]
+
+
 def test_format_and_parse_eps() -> None:
     assert format_eps(8 / 255) == "8/255" and format_eps(0.3) == "0.3"
     assert parse_eps("8/255") == pytest.approx(8 / 255) and parse_eps("0.1") == 0.1
@@ -183,3 +217,6 @@ def test_eval_cli_errors(capsys) -> None:
     assert "neither a registered guard" in capsys.readouterr().err
     assert main(["eval", "--list-guards"]) == 0
     assert "mnist-mixdefense" in capsys.readouterr().out
+    argv = ["eval", "--guard", "mnist-saec", "--fixtures", "--val-limit", "50", "--limit", "5"]
+    assert main([*argv, "--attack", "fgsm", "--budget", '{"sace": 2}', "--no-progress"]) == 2
+    assert "budget names unknown layers ['sace']" in capsys.readouterr().err

@@ -115,6 +115,14 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--fpr", nargs="+", type=float, default=[0.05, 0.03], help="target FPRs (default 0.05 0.03)"
     )
+    ev.add_argument(
+        "--budget",
+        type=json_object_arg,
+        default=None,
+        metavar="JSON",
+        help="relative share of the joint FPR budget per score (default equal), e.g. "
+        '\'{"saec": 2, "contranet.dis": 0.5}\'; names: the report\'s per-score keys',
+    )
     ev.add_argument("--limit", type=int, default=None, help="test images (a seeded subset)")
     ev.add_argument("--val-limit", type=int, default=None, help="validation images")
     ev.add_argument("--fixtures", action="store_true", help="use the shipped fixtures")
@@ -213,6 +221,7 @@ def run_eval(args: argparse.Namespace, command: str) -> int:
             test_labels=test_labels.to(args.device),
             plans=plans,
             fprs=args.fpr,
+            budget=args.budget,
             cache=cache,
             batch_size=args.batch_size,
             seed=args.seed,

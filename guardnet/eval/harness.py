@@ -239,6 +239,7 @@ def evaluate_guard(
     test_labels: Tensor,
     plans: Sequence[AttackPlan],
     fprs: Sequence[float] = (0.05, 0.03),
+    budget: Mapping[str, float] | None = None,
     cache: AdversarialCache | None = None,
     batch_size: int = 250,
     seed: int = 0,
@@ -255,6 +256,9 @@ def evaluate_guard(
         test_images, test_labels: the test split.
         plans: the attacks.
         fprs: target FPRs for the standard attacks' figures; the first is the headline.
+        budget: relative share of the joint FPR budget per rejector key (e.g. ``"saec"``,
+            ``"contranet.dmm"``; missing keys get 1), as in
+            :meth:`guardnet.GuardedModel.calibrate`; ``None``: equal shares.
         cache: reuse adversarial examples across runs and guards.
         batch_size: attack chunk size.
         seed: attack seed.
@@ -275,7 +279,9 @@ def evaluate_guard(
     thresholds: dict[float, dict[str, tuple[float, float]]] = {}
     val_scores = collect_clean_scores(guard, val_images, batch_size=256, progress=progress)
     for fpr in all_fprs:
-        report = calibrate_guard(guard, val_images, target_fpr=fpr, scores=val_scores)
+        report = calibrate_guard(
+            guard, val_images, target_fpr=fpr, budget=budget, scores=val_scores
+        )
         calibrations[fpr] = report.to_dict()
         thresholds[fpr] = _thresholds(guard)
     log(f"calibrated on {len(val_images)} validation images at FPR {', '.join(map(str, all_fprs))}")
@@ -326,6 +332,7 @@ def evaluate_guard(
     return {
         "protocol": __doc__.split("Protocol")[1].strip() if __doc__ else "",
         "fprs": list(fprs),
+        "budget": None if budget is None else dict(budget),
         "val_images": len(val_images),
         "test_images": len(test_labels),
         "attacked_images": int(correct.sum()),
