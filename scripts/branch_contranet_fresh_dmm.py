@@ -46,7 +46,9 @@ def main() -> None:
         raise SystemExit(f"--arch-args may only change DMM fields, got {sorted(args.arch_args)}")
     config = dataclasses.replace(ContraNetConfig(**source["config"]), **args.arch_args)
     settings = ContraNetTrainSettings(**(DATASET_DEFAULTS.get(args.dataset, {}) | args.settings))
-    trainer = _Trainer(
+    # A trainer seeded like the run builds the DMM and its optimiser as the run did; the rest
+    # of the state (other nets and optimisers, RNG streams, EMA step count) is the source's.
+    fresh = _Trainer(
         config,
         settings,
         torch.zeros(2, config.in_channels, 32, 32),
@@ -55,20 +57,17 @@ def main() -> None:
         torch.device("cpu"),
         _Dist(),
         False,
-    )
-    for key, module in trainer.nets().items():
-        if key != "dmm":
-            module.load_state_dict(source["nets"][key], strict=True)
-    for key, optimizer in trainer.optimizers.items():
-        if key != "dmm":
-            optimizer.load_state_dict(source["optimizers"][key])
-    torch.set_rng_state(source["rng"]["torch"])
-    trainer.shuffle.set_state(source["rng"]["shuffle"])
-    trainer.noise.set_state(source["rng"]["noise"])
-    trainer.history = history
-    trainer.ema_steps = int(source["ema_steps"])
+    ).state(args.units)
+    state = {
+        **source,
+        "unit": args.units,
+        "config": fresh["config"],
+        "settings": fresh["settings"],
+        "nets": {**source["nets"], "dmm": fresh["nets"]["dmm"]},
+        "optimizers": {**source["optimizers"], "dmm": fresh["optimizers"]["dmm"]},
+        "history": history,
+    }
     out = Path(args.out)
-    state = trainer.state(args.units)
     written = save_checkpoint(out, state, epoch=args.units, protect=[args.units])
     lines = [json.dumps(r) for r in history]
     (out / "train_log.jsonl").write_text("\n".join(lines) + "\n")
