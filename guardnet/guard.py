@@ -354,8 +354,13 @@ class GuardedModel(nn.Module):
         grad: bool,
         apply_thresholds: bool = True,
         bpda: bool = False,
+        runner_up: bool = False,
     ) -> GuardResult:
-        """Run layers and classifier on one (already validated) chunk."""
+        """Run layers and classifier on one (already validated) chunk.
+
+        ``runner_up``: the layers after the classifier see its second most likely class as the
+        predicted label (see :meth:`compute_scores`).
+        """
         batch = images.shape[0]
         inputs = LayerInput(images=images)
         classifier_labels: Tensor | None = None
@@ -368,11 +373,11 @@ class GuardedModel(nn.Module):
             logits = check_logits(
                 self.classify(current.images), batch_size=batch, num_classes=self.num_classes
             )
+            if runner_up and logits.shape[1] < 2:
+                raise ValueError(f"runner-up labels need >= 2 classes, got {logits.shape[1]}")
+            labels = logits.topk(2, dim=1).indices[:, 1] if runner_up else logits.argmax(dim=1)
             return LayerInput(
-                images=current.images,
-                logits=logits,
-                labels=logits.argmax(dim=1),
-                classifier=self.classify,
+                images=current.images, logits=logits, labels=labels, classifier=self.classify
             )
 
         for name, layer in self.layers.items():
@@ -509,17 +514,29 @@ class GuardedModel(nn.Module):
             ]
         return results[0] if len(results) == 1 else GuardResult.cat(results)
 
-    def compute_scores(self, images: Tensor) -> dict[str, Tensor]:
+    def compute_scores(self, images: Tensor, *, labels: str = "predicted") -> dict[str, Tensor]:
         """Every layer's scores for every input (no thresholds, no cascade).
 
         Works before calibration; :meth:`calibrate` is built on it.
+
+        Args:
+            images: (B, C, H, W) float images in [0, 1].
+            labels: what the layers after the classifier take as its label: ``"predicted"``
+                (its argmax, as in :meth:`forward`) or ``"runner_up"`` (its second most likely
+                class: a clean image with the label a small attack would most likely force,
+                which is how ``calibrate(budget="runner_up")`` splits the budget).
         """
+        if labels not in ("predicted", "runner_up"):
+            raise ValueError(f"labels must be 'predicted' or 'runner_up', got {labels!r}")
+        runner_up = labels == "runner_up"
         self._check_input(images, check_values=self.validate_inputs)
         if images.shape[0] == 0:
             return {n: images.new_zeros(0) for n in self.score_keys}
         with eval_mode(self), torch.no_grad():
             results = [
-                self._pipeline(chunk, cascade=False, grad=False, apply_thresholds=False)
+                self._pipeline(
+                    chunk, cascade=False, grad=False, apply_thresholds=False, runner_up=runner_up
+                )
                 for chunk in self._chunks(images)
             ]
         return {n: torch.cat([r.scores[n] for r in results]) for n in self.score_keys}
@@ -530,7 +547,7 @@ class GuardedModel(nn.Module):
         target_fpr: float = 0.05,
         *,
         mode: str = "joint",
-        budget: Mapping[str, float] | None = None,
+        budget: Mapping[str, float] | str | None = None,
         batch_size: int = 256,
         progress: bool = True,
     ) -> CalibrationReport:
@@ -544,8 +561,12 @@ class GuardedModel(nn.Module):
             mode: ``"joint"``: the whole guard rejects ``target_fpr`` of the clean data, the
                 budget split across layers; ``"per_layer"``: every layer rejects ``target_fpr``
                 on its own (the guard's total rate is then higher).
-            budget: joint mode only: relative share of the budget per layer name (default
-                equal).
+            budget: joint mode only: relative share of the budget per score key (default
+                equal), or ``"runner_up"``: each rejecting layer gets an equal part, and the
+                part of a layer that reads the label (ContraNet) is split over its scores so as
+                to reject the most clean images under their runner-up labels (the label a small
+                attack most likely forces); clean data only, no attacks. The shares are in the
+                report.
             batch_size: batch size when ``clean_data`` is a tensor.
             progress: show a progress bar.
 

@@ -3,7 +3,9 @@
 Protocol:
 - thresholds: ``GuardedModel.calibrate`` (joint FPR budget over every score) on the clean
   *validation* split at each ``--fpr`` budget (the first is the headline; the others reuse the
-  same adversarial examples); never on test or attack data;
+  same adversarial examples); never on test or attack data. ``--budget`` names how the joint
+  budget is split over the scores: ``equal`` shares, or ``runner_up`` (chosen on the same clean
+  validation images rebuilt under the classifier's second most likely class);
 - clean test split: bare accuracy, the guard's FPR and Acc_dec (correct and passed, or wrong and
   rejected, over all clean images);
 - attacks (torchattacks, an independent library) on the correctly classified test images:
@@ -34,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from guardnet import ContraNetLayer, GuardedModel, SAECLayer
+from guardnet.calibration import calibrate_guard, collect_clean_scores
 from guardnet.data import dataset_info, load_split
 from guardnet.eval import auroc, detection_accuracy, robust_accuracy
 from guardnet.guard import Normalize
@@ -137,6 +140,15 @@ def main() -> None:
     parser.add_argument(
         "--fpr", type=float, nargs="+", default=[0.05], help="validation FPR budgets"
     )
+    parser.add_argument(
+        "--budget",
+        nargs="+",
+        choices=["equal", "runner_up"],
+        default=["equal"],
+        help="how the joint budget is split over the scores (each is measured; the first is "
+        "the headline): equal shares, or chosen on the clean validation images under their "
+        "runner-up labels (GuardedModel.calibrate(budget='runner_up'))",
+    )
     parser.add_argument("--val-limit", type=int, default=2000)
     parser.add_argument("--test-limit", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None)
@@ -213,14 +225,36 @@ def main() -> None:
         timings["cw_l2"] = time.perf_counter() - tick
 
     # Attacks target the classifier only, so one set of adversarial examples serves every budget.
-    by_fpr = {}
-    for fpr in args.fpr:
-        calibration = {
-            name: guard.calibrate(val.images, target_fpr=fpr, progress=False).to_dict()
-            for name, guard in guards.items()
-        }
-        results = {name: evaluate(guard, x, y, attacks) for name, guard in guards.items()}
-        by_fpr[f"{fpr:g}"] = {"calibration": calibration, "results": results}
+    # Validation scores are computed once per guard (under runner-up labels too if asked for).
+    val_scores = {
+        name: collect_clean_scores(guard, val.images, batch_size=500, progress=False)
+        for name, guard in guards.items()
+    }
+    runner_up_scores = {
+        name: collect_clean_scores(
+            guard, val.images, batch_size=500, progress=False, labels="runner_up"
+        )
+        for name, guard in guards.items()
+        if "runner_up" in args.budget
+    }
+    by_budget: dict[str, dict] = {}
+    for rule in args.budget:
+        by_fpr = by_budget.setdefault(rule, {})
+        for fpr in args.fpr:
+            calibration = {
+                name: calibrate_guard(
+                    guard,
+                    val.images,
+                    target_fpr=fpr,
+                    budget=None if rule == "equal" else rule,
+                    scores=val_scores[name],
+                    runner_up_scores=runner_up_scores.get(name),
+                ).to_dict()
+                for name, guard in guards.items()
+            }
+            results = {name: evaluate(guard, x, y, attacks) for name, guard in guards.items()}
+            by_fpr[f"{fpr:g}"] = {"calibration": calibration, "results": results}
+    by_fpr = by_budget[args.budget[0]]
     headline = by_fpr[f"{args.fpr[0]:g}"]
     report = {
         "dataset": info.display_name,
@@ -236,7 +270,9 @@ def main() -> None:
         },
         "calibration": headline["calibration"],
         "results": headline["results"],
+        "budget": args.budget[0],
         "by_target_fpr": by_fpr,
+        "by_budget": by_budget,
         "attack_seconds": timings,
         "attack_cache": args.attack_cache,
         "seconds": time.perf_counter() - began,
@@ -244,9 +280,14 @@ def main() -> None:
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
     }
-    for fpr_key, point in by_fpr.items():
-        print(f"validation FPR budget {fpr_key}")
+    for rule, fpr_key, point in (
+        (r, f, p) for r, points in by_budget.items() for f, p in points.items()
+    ):
+        print(f"validation FPR budget {fpr_key}, split {rule}")
         for name, res in point["results"].items():
+            shares = point["calibration"][name]["budget"]
+            if shares is not None:
+                print(f"{name}: shares " + ", ".join(f"{k} {v:g}" for k, v in shares.items()))
             print(
                 f"{name}: clean acc {res['clean_accuracy']:.2%}  FPR {res['fpr']:.2%}  "
                 f"Acc_dec {res['acc_dec']:.2%}"

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
-from helpers import PixelScoreLayer, TinyClassifier
+from helpers import LowConfidenceLayer, PixelScoreLayer, TinyClassifier
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from guardnet import CalibrationError, GuardedModel, threshold_at_fpr
-from guardnet.calibration import false_positive_rate, joint_thresholds
+from guardnet.calibration import (
+    _compositions,
+    choose_budget,
+    false_positive_rate,
+    joint_thresholds,
+)
+from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
 
 
 class TestThresholdAtFpr:
@@ -74,10 +83,164 @@ class TestJointThresholds:
         s = torch.randn(10)
         with pytest.raises(CalibrationError, match="unknown layers"):
             joint_thresholds({"a": s}, {"a": True}, 0.05, budget={"z": 1.0})
-        with pytest.raises(CalibrationError, match="must be > 0"):
+        with pytest.raises(CalibrationError, match="not all 0"):
             joint_thresholds({"a": s}, {"a": True}, 0.05, budget={"a": 0.0})
+        with pytest.raises(CalibrationError, match="budget shares must be >= 0"):
+            joint_thresholds({"a": s, "b": s}, {"a": True, "b": True}, 0.05, budget={"a": -1})
         with pytest.raises(CalibrationError, match="different numbers of inputs"):
             joint_thresholds({"a": s, "b": s[:5]}, {"a": True, "b": True}, 0.05)
+
+    def test_zero_share_rejects_no_calibration_input(self) -> None:
+        gen = torch.Generator().manual_seed(2)
+        scores = {"a": torch.randn(4000, generator=gen), "b": torch.randn(4000, generator=gen)}
+        sides = {"a": True, "b": True}
+        thresholds, rates = joint_thresholds(scores, sides, 0.05, budget={"a": 1.0, "b": 0.0})
+        assert rates == {"a": 0.05, "b": 0.0}
+        assert false_positive_rate(scores["b"], thresholds["b"]) == 0.0
+        assert false_positive_rate(scores["a"], thresholds["a"]) == 0.05
+
+
+class TestChooseBudget:
+    def test_compositions_cover_the_simplex_grid(self) -> None:
+        parts = list(_compositions(10, 3))
+        assert len(parts) == math.comb(12, 2) == len(set(parts))
+        assert all(sum(p) == 10 and min(p) >= 0 for p in parts)
+        assert list(_compositions(2, 1)) == [(2,)]
+
+    def test_informative_score_gets_the_budget(self) -> None:
+        gen = torch.Generator().manual_seed(3)
+        clean = {k: torch.randn(4000, generator=gen) for k in ("a", "b", "c")}
+        # Positives: "a" separates them well, "b" a little, "c" not at all.
+        positive = {
+            "a": torch.randn(1000, generator=gen) + 3,
+            "b": torch.randn(1000, generator=gen) + 0.5,
+            "c": torch.randn(1000, generator=gen),
+        }
+        sides = dict.fromkeys(clean, True)
+        choice = choose_budget(clean, positive, sides, 0.05, searched=["a", "b", "c"])
+        assert choice.candidates == 66
+        assert choice.shares == {"a": 1.0, "b": 0.0, "c": 0.0}
+        # The reported rate is what those thresholds reject, and the clean rate is in budget.
+        thresholds, _ = joint_thresholds(clean, sides, 0.05, budget=choice.shares)
+        assert choice.positive_rejection_rate == false_positive_rate(positive["a"], thresholds["a"])
+        assert false_positive_rate(clean["a"], thresholds["a"]) <= 0.05
+        # Equal shares reject fewer positives than the chosen split.
+        eq, _ = joint_thresholds(clean, sides, 0.05)
+        rejected = torch.zeros(1000, dtype=torch.bool)
+        for k in clean:
+            rejected |= positive[k] > eq[k]
+        assert float(rejected.float().mean()) < choice.positive_rejection_rate
+
+    def test_fixed_shares_are_kept_and_ties_go_to_equal(self) -> None:
+        gen = torch.Generator().manual_seed(4)
+        clean = {k: torch.randn(2000, generator=gen) for k in ("pre", "x", "y")}
+        # Positives no score can tell apart: every split ties, so the equal one wins.
+        positive = {k: torch.full((100,), -10.0) for k in clean}
+        sides = dict.fromkeys(clean, True)
+        choice = choose_budget(
+            clean, positive, sides, 0.05, searched=["x", "y"], fixed={"pre": 1.0},
+            searched_total=2.0, step=0.25,
+        )  # fmt: skip
+        assert choice.shares == {"pre": 1.0, "x": 1.0, "y": 1.0}
+        assert choice.positive_rejection_rate == 0.0 and choice.candidates == 5
+
+    def test_errors(self) -> None:
+        clean = {"a": torch.randn(50), "b": torch.randn(50)}
+        sides = {"a": True, "b": True}
+        with pytest.raises(CalibrationError, match="split the keys"):
+            choose_budget(clean, clean, sides, 0.05, searched=["a"])
+        with pytest.raises(CalibrationError, match="positive scores name"):
+            choose_budget(clean, {"a": clean["a"]}, sides, 0.05, searched=["a", "b"])
+        bad = {"a": torch.tensor([float("nan")]), "b": torch.zeros(1)}
+        with pytest.raises(CalibrationError, match="NaN or Inf"):
+            choose_budget(clean, bad, sides, 0.05, searched=["a", "b"])
+        with pytest.raises(CalibrationError, match="use a larger step"):
+            choose_budget(clean, clean, sides, 0.05, searched=["a", "b"], step=1e-5)
+        with pytest.raises(CalibrationError, match="0 < step"):
+            choose_budget(clean, clean, sides, 0.05, searched=["a", "b"], step=0.0)
+
+
+class LabelOrPixelLayer(Layer):
+    """``post`` with two scores: one that reads the label and a pixel that does not.
+
+    ``mismatch`` is 1 when the label is not the classifier's argmax, plus noise (twice a pixel),
+    so the lower its threshold, the more mismatched labels it catches.
+    """
+
+    kind = LayerKind.POST
+    default_name = "two"
+    score_names = ("mismatch", "pixel")
+
+    def forward(self, inputs: LayerInput) -> LayerOutput:
+        assert inputs.logits is not None and inputs.labels is not None
+        mismatch = (inputs.labels != inputs.logits.argmax(dim=1)).float()
+        pixels = inputs.images[:, :, 0, 0]
+        return LayerOutput(scores=torch.stack([mismatch + 2 * pixels[:, 2], pixels[:, 0]], 1))
+
+
+class LabelScoreLayer(Layer):
+    """``post``: the label it is given, as its score."""
+
+    kind = LayerKind.POST
+    default_name = "label"
+
+    def forward(self, inputs: LayerInput) -> LayerOutput:
+        assert inputs.labels is not None
+        return LayerOutput(scores=inputs.labels.float())
+
+
+class TestRunnerUpBudget:
+    def test_runner_up_labels_are_the_second_class(self) -> None:
+        guard = GuardedModel(TinyClassifier(), [LabelOrPixelLayer(), LabelScoreLayer()]).eval()
+        x = torch.rand(40, 3, 4, 4)
+        with torch.no_grad():
+            logits = guard.classify(x)  # eval mode: no dropout
+        scores = guard.compute_scores(x, labels="runner_up")
+        second = logits.topk(2, dim=1).indices[:, 1]
+        torch.testing.assert_close(scores["label"], second.float())
+        torch.testing.assert_close(guard.compute_scores(x)["label"], logits.argmax(1).float())
+        torch.testing.assert_close(scores["two.mismatch"], 1 + 2 * x[:, 2, 0, 0])
+        torch.testing.assert_close(guard.compute_scores(x)["two.mismatch"], 2 * x[:, 2, 0, 0])
+        with pytest.raises(ValueError, match="'predicted' or 'runner_up'"):
+            guard.compute_scores(x, labels="second")
+
+    def test_calibrate_gives_the_label_score_the_layer_part(self) -> None:
+        torch.manual_seed(0)
+        layers = [PixelScoreLayer(channel=1), LabelOrPixelLayer()]
+        guard = GuardedModel(TinyClassifier(), layers).eval()
+        x = torch.rand(3000, 3, 4, 4)
+        report = guard.calibrate(x, target_fpr=0.05, budget="runner_up", progress=False)
+        # The pre layer keeps one part; the post layer's part goes to the score that reads the
+        # label (a pixel rejects runner-up labels no more often than clean images).
+        assert report.budget == {"pixel": 1.0, "two.mismatch": 1.0, "two.pixel": 0.0}
+        assert report.runner_up_rejection_rate is not None
+        # mismatch + 2 U(0, 1) beyond a threshold near 2 - 2 x 0.03: about half.
+        assert 0.4 < report.runner_up_rejection_rate < 0.6
+        assert report.overall_fpr <= 0.05
+        assert report.layers["two.pixel"].achieved_fpr == 0.0
+        assert "rejected under runner-up labels" in str(report)
+        # A DataLoader (read twice) gives the same split and thresholds.
+        again = GuardedModel(TinyClassifier(), [PixelScoreLayer(channel=1), LabelOrPixelLayer()])
+        again.load_state_dict(guard.state_dict())
+        loaded = again.eval().calibrate(
+            DataLoader(x, batch_size=500), target_fpr=0.05, budget="runner_up", progress=False
+        )
+        assert loaded.budget == report.budget
+        assert loaded.layers["two.mismatch"].threshold == report.layers["two.mismatch"].threshold
+
+    def test_errors(self) -> None:
+        x = torch.rand(100, 3, 4, 4)
+        with pytest.raises(CalibrationError, match="reads the classifier's label"):
+            pixel_guard().calibrate(x, budget="runner_up", progress=False)
+        with pytest.raises(CalibrationError, match="a mapping or 'runner_up'"):
+            pixel_guard().calibrate(x, budget="best", progress=False)
+        with pytest.raises(CalibrationError, match="reads the clean data twice"):
+            pixel_guard().calibrate(iter(x.split(10)), budget="runner_up", progress=False)
+        one_class = GuardedModel(
+            nn.Sequential(nn.Flatten(), nn.Linear(48, 1)), [LowConfidenceLayer()]
+        )
+        with pytest.raises(ValueError, match="runner-up labels need >= 2 classes"):
+            one_class.compute_scores(x, labels="runner_up")
 
 
 def pixel_guard() -> GuardedModel:

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from helpers import SecondPixelDetector, SumClassifier
+from helpers import LowConfidenceLayer, SecondPixelDetector, SumClassifier
 from torch import Tensor
 
 from guardnet import GuardedModel
 from guardnet.cli import main
 from guardnet.eval.attacks import AdversarialCache
-from guardnet.eval.command import parse_eps
+from guardnet.eval.command import _budget_arg, parse_eps
 from guardnet.eval.harness import AttackPlan, evaluate_guard, format_eps, format_report
 from guardnet.layers import LayerInput, LayerOutput
 from guardnet.recipes import GUARD_RECIPES, build_guard, load_recipe
@@ -137,6 +137,27 @@ def test_harness_budget_shares_the_joint_fpr() -> None:
     # Four shares to one: the favoured score gets about 4/5 of the joint budget.
     assert weighted["pixel"] == pytest.approx(4 * weighted["first"], rel=0.25)
     assert weighted["pixel"] > equal["pixel"] > weighted["first"]
+
+
+def test_harness_runner_up_budget() -> None:
+    val, _ = toy_data(1000, 0)
+    x, y = toy_data(50, 1)
+    guard = GuardedModel(
+        SumClassifier(), [SecondPixelDetector(), LowConfidenceLayer()], num_classes=2
+    )
+    report = evaluate_guard(
+        guard, val_images=val, test_images=x, test_labels=y, plans=[], fprs=(0.1, 0.05),
+        budget="runner_up", log=lambda _: None,
+    )  # fmt: skip
+    assert report["budget"] == "runner_up"
+    for fpr in ("0.1", "0.05"):
+        calibration = report["calibration"][fpr]
+        # The pre layer keeps its part; the post layer has one score, so it keeps its part.
+        assert calibration["budget"] == {"pixel": 1.0, "confidence": 1.0}
+        assert calibration["runner_up_rejection_rate"] > 0.5
+        assert calibration["overall_fpr"] <= float(fpr)
+    assert _budget_arg("runner_up") == "runner_up"
+    assert _budget_arg('{"saec": 2}') == {"saec": 2}
 
 
 def test_format_and_parse_eps() -> None:

@@ -30,6 +30,11 @@ def parse_eps(text: str) -> float:
     return value
 
 
+def _budget_arg(text: str) -> dict[str, Any] | str:
+    """``--budget``: ``runner_up`` or a JSON object of shares."""
+    return text if text == "runner_up" else json_object_arg(text)
+
+
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``eval`` and its options to the CLI's subcommands."""
     from guardnet.eval.attacks import ADAPTIVE_ATTACKS, STANDARD_ATTACKS
@@ -117,11 +122,12 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument(
         "--budget",
-        type=json_object_arg,
+        type=_budget_arg,
         default=None,
-        metavar="JSON",
+        metavar="JSON|runner_up",
         help="relative share of the joint FPR budget per score (default equal), e.g. "
-        '\'{"saec": 2, "contranet.dis": 0.5}\'; names: the report\'s per-score keys',
+        '\'{"saec": 2, "contranet.dis": 0.5}\' (names: the report\'s per-score keys), or '
+        "runner_up: chosen on the clean validation images under their runner-up labels",
     )
     ev.add_argument("--limit", type=int, default=None, help="test images (a seeded subset)")
     ev.add_argument("--val-limit", type=int, default=None, help="validation images")

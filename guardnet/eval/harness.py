@@ -239,7 +239,7 @@ def evaluate_guard(
     test_labels: Tensor,
     plans: Sequence[AttackPlan],
     fprs: Sequence[float] = (0.05, 0.03),
-    budget: Mapping[str, float] | None = None,
+    budget: Mapping[str, float] | str | None = None,
     cache: AdversarialCache | None = None,
     batch_size: int = 250,
     seed: int = 0,
@@ -257,7 +257,8 @@ def evaluate_guard(
         plans: the attacks.
         fprs: target FPRs for the standard attacks' figures; the first is the headline.
         budget: relative share of the joint FPR budget per rejector key (e.g. ``"saec"``,
-            ``"contranet.dmm"``; missing keys get 1), as in
+            ``"contranet.dmm"``; missing keys get 1), or ``"runner_up"`` (chosen per target
+            FPR on the clean validation images under their runner-up labels), as in
             :meth:`guardnet.GuardedModel.calibrate`; ``None``: equal shares.
         cache: reuse adversarial examples across runs and guards.
         batch_size: attack chunk size.
@@ -278,9 +279,19 @@ def evaluate_guard(
     calibrations: dict[float, dict[str, Any]] = {}
     thresholds: dict[float, dict[str, tuple[float, float]]] = {}
     val_scores = collect_clean_scores(guard, val_images, batch_size=256, progress=progress)
+    runner_up_scores = None
+    if budget == "runner_up":
+        runner_up_scores = collect_clean_scores(
+            guard, val_images, batch_size=256, progress=progress, labels="runner_up"
+        )
     for fpr in all_fprs:
         report = calibrate_guard(
-            guard, val_images, target_fpr=fpr, budget=budget, scores=val_scores
+            guard,
+            val_images,
+            target_fpr=fpr,
+            budget=budget,
+            scores=val_scores,
+            runner_up_scores=runner_up_scores,
         )
         calibrations[fpr] = report.to_dict()
         thresholds[fpr] = _thresholds(guard)
@@ -332,7 +343,7 @@ def evaluate_guard(
     return {
         "protocol": __doc__.split("Protocol")[1].strip() if __doc__ else "",
         "fprs": list(fprs),
-        "budget": None if budget is None else dict(budget),
+        "budget": budget if budget is None or isinstance(budget, str) else dict(budget),
         "val_images": len(val_images),
         "test_images": len(test_labels),
         "attacked_images": int(correct.sum()),
