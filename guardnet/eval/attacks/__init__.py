@@ -2,6 +2,7 @@
 guardnet's own, and a disk cache of their results.
 
 Example:
+    >>> import torch
     >>> from guardnet.eval.attacks import make_attack
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     >>> make_attack("pgd", net, eps=8 / 255).params()["steps"]
