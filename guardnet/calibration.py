@@ -433,8 +433,8 @@ def calibrate_guard(
     layers = guard.rejectors
     if not layers:
         raise CalibrationError("the guard has no layer with a threshold to calibrate")
-    scores_given = scores is not None
-    if budget == "runner_up" and not scores_given and isinstance(clean_data, Iterator):
+    reads = (scores is None) + (budget == "runner_up" and runner_up_scores is None)
+    if reads > 1 and isinstance(clean_data, Iterator):
         raise CalibrationError(
             "budget='runner_up' reads the clean data twice: pass a tensor or a DataLoader, "
             "not a one-pass iterator"
