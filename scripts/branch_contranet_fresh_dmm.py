@@ -7,11 +7,21 @@ DMM optimiser freshly built as a trainer seeded like the run builds them (option
 DMM sizes), the first ``UNITS`` log records and the checkpoint's RNG streams; resuming
 ``guardnet train contranet --out OUT`` with the new DMM settings then runs the DMM stages again.
 
+``--source-model`` starts from shipped weights instead (a registered name or a Hub folder, e.g.
+``contranet-gtsrb``), for when no training checkpoint is left. A shipped ContraNet holds the
+encoder, the generator's EMA weights and Dis, which is all the DMM stages read; the rest of the
+state (the non-EMA generator, taken equal to the EMA one, D_phi, D_aux, the optimisers and RNG
+streams) is a seeded trainer's, and the log gets one record per pre-DMM unit naming the source.
+Such a branch can run the DMM stages only: its GAN, aux and Dis stages have ended.
+
 Usage:
     python scripts/branch_contranet_fresh_dmm.py \
         --source runs/contranet-gtsrb/checkpoints/epoch-0006 --out runs/contranet-gtsrb-supcon \
         --units 4 --dataset gtsrb \
         --arch-args '{"dmm_hidden": 384}' --settings '{"dmm_pretrain_loss": "supcon"}'
+    python scripts/branch_contranet_fresh_dmm.py --source-model contranet-gtsrb \
+        --out runs/contranet-gtsrb-supcon --arch-args '{"dmm_hidden": 384}' \
+        --settings '{"dmm_pretrain_loss": "supcon"}'
 """
 
 from __future__ import annotations
@@ -20,35 +30,18 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from guardnet.nets.contranet import ContraNetConfig
+from guardnet.nets.contranet import ContraNet, ContraNetConfig
 from guardnet.train.classifier import load_checkpoint, save_checkpoint
 from guardnet.train.contranet import DATASET_DEFAULTS, ContraNetTrainSettings, _Dist, _Trainer
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", required=True, help="a checkpoint folder of the run")
-    parser.add_argument("--out", required=True, help="the new run folder")
-    parser.add_argument("--units", type=int, required=True, help="units before dmm_pretrain")
-    parser.add_argument("--dataset", required=True, help="for the dataset's default settings")
-    parser.add_argument("--arch-args", type=json.loads, default={}, help="DMM size overrides")
-    parser.add_argument("--settings", type=json.loads, default={}, help="setting overrides")
-    args = parser.parse_args()
-
-    source = load_checkpoint(args.source)
-    history = list(source["history"][: args.units])
-    if len(history) != args.units or any(r["stage"].startswith("dmm") for r in history):
-        raise SystemExit(f"the first {args.units} units of {args.source} are not all pre-DMM")
-    if any(not k.startswith("dmm_") for k in args.arch_args):
-        raise SystemExit(f"--arch-args may only change DMM fields, got {sorted(args.arch_args)}")
-    config = dataclasses.replace(ContraNetConfig(**source["config"]), **args.arch_args)
-    settings = ContraNetTrainSettings(**(DATASET_DEFAULTS.get(args.dataset, {}) | args.settings))
-    # A trainer seeded like the run builds the DMM and its optimiser as the run did; the rest
-    # of the state (other nets and optimisers, RNG streams, EMA step count) is the source's.
-    fresh = _Trainer(
+def seeded_trainer(config: ContraNetConfig, settings: ContraNetTrainSettings) -> _Trainer:
+    """A trainer built as ``guardnet train contranet`` builds it (same seed, CPU)."""
+    return _Trainer(
         config,
         settings,
         torch.zeros(2, config.in_channels, 32, 32),
@@ -57,7 +50,22 @@ def main() -> None:
         torch.device("cpu"),
         _Dist(),
         False,
-    ).state(args.units)
+    )
+
+
+def from_checkpoint(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """The source checkpoint's state with a fresh DMM, cut to ``--units`` units."""
+    if args.units is None or args.dataset is None:
+        raise SystemExit("--source needs --units and --dataset")
+    source = load_checkpoint(args.source)
+    history = list(source["history"][: args.units])
+    if len(history) != args.units or any(r["stage"].startswith("dmm") for r in history):
+        raise SystemExit(f"the first {args.units} units of {args.source} are not all pre-DMM")
+    config = dataclasses.replace(ContraNetConfig(**source["config"]), **args.arch_args)
+    settings = ContraNetTrainSettings(**(DATASET_DEFAULTS.get(args.dataset, {}) | args.settings))
+    # The DMM and its optimiser are a seeded trainer's; the rest (other nets and optimisers,
+    # RNG streams, EMA step count) is the source's.
+    fresh = seeded_trainer(config, settings).state(args.units)
     state = {
         **source,
         "unit": args.units,
@@ -67,11 +75,51 @@ def main() -> None:
         "optimizers": {**source["optimizers"], "dmm": fresh["optimizers"]["dmm"]},
         "history": history,
     }
+    return state, args.units
+
+
+def from_model(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """A seeded trainer's state holding the shipped encoder, generator and Dis."""
+    from guardnet.hub import load_model
+
+    model, meta = load_model(args.source_model)
+    if not isinstance(model, ContraNet):
+        raise SystemExit(f"{args.source_model!r} is not a ContraNet")
+    config = dataclasses.replace(model.config, **args.arch_args)
+    settings = ContraNetTrainSettings(**(meta["train_settings"] | args.settings))
+    pre_dmm = [(s, e) for s, e in settings.schedule() if not s.startswith("dmm")]
+    trainer = seeded_trainer(config, settings)
+    trainer.encoder.load_state_dict(model.encoder.state_dict(), strict=True)
+    trainer.generator.load_state_dict(model.generator.state_dict(), strict=True)
+    trainer.g_ema.load_state_dict(model.generator.state_dict(), strict=True)
+    trainer.dis.load_state_dict(model.dis.state_dict(), strict=True)
+    trainer.history = [
+        {"unit": i, "stage": stage, "epoch": epoch + 1, "source_model": args.source_model}
+        for i, (stage, epoch) in enumerate(pre_dmm, start=1)
+    ]
+    return trainer.state(len(pre_dmm)), len(pre_dmm)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--source", help="a checkpoint folder of the run")
+    source.add_argument("--source-model", help="shipped ContraNet weights: a name or folder")
+    parser.add_argument("--out", required=True, help="the new run folder")
+    parser.add_argument("--units", type=int, help="units before dmm_pretrain (--source)")
+    parser.add_argument("--dataset", help="for the dataset's default settings (--source)")
+    parser.add_argument("--arch-args", type=json.loads, default={}, help="DMM size overrides")
+    parser.add_argument("--settings", type=json.loads, default={}, help="setting overrides")
+    args = parser.parse_args()
+    if any(not k.startswith("dmm_") for k in args.arch_args):
+        raise SystemExit(f"--arch-args may only change DMM fields, got {sorted(args.arch_args)}")
+
+    state, units = from_checkpoint(args) if args.source else from_model(args)
     out = Path(args.out)
-    written = save_checkpoint(out, state, epoch=args.units, protect=[args.units])
-    lines = [json.dumps(r) for r in history]
+    written = save_checkpoint(out, state, epoch=units, protect=[units])
+    lines = [json.dumps(r) for r in state["history"]]
     (out / "train_log.jsonl").write_text("\n".join(lines) + "\n")
-    print(f"wrote {written} and {out / 'train_log.jsonl'} ({args.units} units)")
+    print(f"wrote {written} and {out / 'train_log.jsonl'} ({units} units)")
 
 
 if __name__ == "__main__":
