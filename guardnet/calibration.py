@@ -507,18 +507,15 @@ def _runner_up_budget(
     reject the most of those. Other layers (``pre``, ``reform``) split their part equally.
     Attack-free: only clean validation images are used.
     """
+    from guardnet.guard import score_keys
     from guardnet.layers.base import LayerKind
 
-    label_kinds = (LayerKind.POST, LayerKind.PROBE)
-    layer_keys: dict[int, list[str]] = {}  # score keys per layer, in pipeline order
-    for key, (layer, _) in guard.rejectors.items():
-        layer_keys.setdefault(id(layer), []).append(key)
     searched: list[str] = []
     fixed: dict[str, float] = {}
     searched_layers = 0
-    for keys in layer_keys.values():
-        layer = guard.rejectors[keys[0]][0]
-        if layer.kind in label_kinds:
+    for name, layer in guard.rejecting_layers.items():
+        keys = score_keys(name, layer)
+        if layer.kind in (LayerKind.POST, LayerKind.PROBE):
             searched += keys
             searched_layers += 1
         else:
@@ -527,8 +524,6 @@ def _runner_up_budget(
         raise CalibrationError(
             "budget='runner_up' needs a layer that reads the classifier's label (post or probe)"
         )
-    if set(runner_up) != set(clean):
-        raise CalibrationError(f"runner-up scores name {sorted(runner_up)}, need {sorted(clean)}")
     return choose_budget(
         clean,
         runner_up,
