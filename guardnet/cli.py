@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--grid", default=None, help="where to write the rebuild grid PNG (default: temp dir)"
     )
+    demo.add_argument(
+        "--budget",
+        choices=["equal", "runner_up"],
+        default="equal",
+        help="split of the joint FPR budget: equal shares per score (default), or runner_up: "
+        "chosen on the clean validation images under their runner-up labels",
+    )
     demo.add_argument("--limit", type=int, default=None, help="use only the first N test images")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     demo.add_argument("--seed", type=int, default=0)
@@ -548,6 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_demo(
             target_fpr=args.fpr,
+            budget=args.budget,
             noise=args.noise,
             eps=tuple(args.eps),
             limit=args.limit,

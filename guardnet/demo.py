@@ -69,6 +69,7 @@ def _rates(result: GuardResult, labels: Tensor) -> dict[str, float]:
 def run_demo(
     *,
     target_fpr: float = 0.05,
+    budget: str = "equal",
     noise: float = 0.3,
     eps: tuple[float, ...] = (0.1, 0.3),
     limit: int | None = None,
@@ -80,7 +81,24 @@ def run_demo(
 
     The guard is MixDefense's: SAEC before the classifier, ContraNet after it (both shipped,
     trained on MNIST), thresholds from a joint 5% FPR budget on the clean validation fixture.
+
+    Args:
+        target_fpr: the joint false-positive budget on the clean validation fixture.
+        budget: how the budget is split over the scores: ``"equal"`` shares, or ``"runner_up"``
+            (chosen on the validation images under their runner-up labels, see
+            :meth:`GuardedModel.calibrate`).
+        noise: amplitude of the uniform noise row (0-1 scale).
+        eps: PGD-L-inf budgets of the attack rows (0-1 scale).
+        limit: use only the first ``limit`` test images.
+        device: torch device to run on.
+        seed: seed of the noise and of PGD's random start.
+        grid: where to write the rebuild grid PNG (default: the temp directory).
+
+    Raises:
+        ValueError: ``budget`` is neither ``"equal"`` nor ``"runner_up"``.
     """
+    if budget not in ("equal", "runner_up"):
+        raise ValueError(f"budget must be 'equal' or 'runner_up', got {budget!r}")
     info = dataset_info("mnist")
     val_images, _ = load_fixture("mnist-val")
     test_images, test_labels = load_fixture("mnist")
@@ -106,7 +124,12 @@ def run_demo(
         f"data: {len(val_images)} clean validation images (calibration), {len(test_images)} test "
         "images (shipped fixtures)\n"
     )
-    report = guard.calibrate(val_images, target_fpr=target_fpr, progress=False)
+    report = guard.calibrate(
+        val_images,
+        target_fpr=target_fpr,
+        budget="runner_up" if budget == "runner_up" else None,
+        progress=False,
+    )
     print(report, "\n")
 
     generator = torch.Generator().manual_seed(seed)

@@ -43,3 +43,21 @@ def test_demo_runs_offline(capsys: pytest.CaptureFixture[str]) -> None:
     assert float(clean.group(1)) > 90  # accuracy on clean images
     assert float(noisy.group(2)) > 90  # noisy images rejected
     assert "ms/image" in out
+
+
+def test_demo_runner_up_budget_reports_its_split(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--limit", "32", "--eps", "0.3", "--budget", "runner_up"]) == 0
+    out = capsys.readouterr().out
+    shares = re.search(r"budget shares: (.+)$", out, re.MULTILINE)
+    assert shares, out
+    # Every rejecting score gets a share; the shares are a split of the whole budget.
+    values = [float(v.split()[-1]) for v in shares.group(1).split(",")]
+    assert len(values) >= 4 and all(v >= 0 for v in values) and sum(values) > 0
+    assert re.search(r"^clean\s+32\s", out, re.MULTILINE), out
+
+
+def test_demo_rejects_an_unknown_budget() -> None:
+    from guardnet.demo import run_demo
+
+    with pytest.raises(ValueError, match="budget must be 'equal' or 'runner_up', got 'fair'"):
+        run_demo(budget="fair", limit=8)
