@@ -27,8 +27,10 @@ from torch import Tensor, nn
 from guardnet import ContraNetLayer
 from guardnet.data import load_split
 from guardnet.eval import auroc
+from guardnet.eval.metrics import oracle_tpr_at_fpr
 from guardnet.guard import Normalize
 from guardnet.hub import load_pretrained
+from guardnet.layers.base import LayerInput
 
 SCORES = ("dmm", "dis", "ssim")
 
@@ -41,18 +43,10 @@ def topk_scores(
     with torch.inference_mode():
         for chunk in images.split(batch):
             top = model(chunk).topk(k, dim=1).indices
-            per_label = []
-            for j in range(k):
-                x, rebuilt = layer._rebuild(chunk, top[:, j])
-                per_label.append(layer.net.scores(x, rebuilt, top[:, j]))
+            per_label = [layer(LayerInput(images=chunk, labels=top[:, j])).scores for j in range(k)]
             labels.append(top)
             scores.append(torch.stack(per_label, dim=1))
     return torch.cat(labels), torch.cat(scores)
-
-
-def tpr_at_test_fpr(clean: Tensor, attacked: Tensor, fpr: float) -> float:
-    """Share of ``attacked`` below the clean ``fpr`` quantile (low = suspicious)."""
-    return float((attacked < torch.quantile(clean, fpr)).float().mean())
 
 
 def main() -> None:
@@ -93,7 +87,8 @@ def main() -> None:
 
     for i, name in enumerate(SCORES):
         fpr = "  ".join(
-            f"TPR@{f:.0%} test FPR {tpr_at_test_fpr(clean[:, 0, i], adv[:, 0, i], f):.1%}"
+            f"TPR@{f:.0%} test FPR "
+            f"{oracle_tpr_at_fpr(clean[:, 0, i], adv[:, 0, i], f, higher_is_suspicious=False):.1%}"
             for f in args.test_fpr
         )
         print(
