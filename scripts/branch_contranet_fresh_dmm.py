@@ -14,6 +14,10 @@ state (the non-EMA generator, taken equal to the EMA one, D_phi, D_aux, the opti
 streams) is a seeded trainer's, and the log gets one record per pre-DMM unit naming the source.
 Such a branch can run the DMM stages only: its GAN, aux and Dis stages have ended.
 
+``--keep-dmm`` (with ``--source-model``) keeps the shipped DMM too and counts its DMM stages as
+done, so resuming with a longer ``dmm=N`` trains that DMM for more epochs. Its Adam state is
+not shipped, so the optimiser restarts from zero moments.
+
 Usage:
     python scripts/branch_contranet_fresh_dmm.py \
         --source runs/contranet-gtsrb/checkpoints/epoch-0006 --out runs/contranet-gtsrb-supcon \
@@ -22,6 +26,8 @@ Usage:
     python scripts/branch_contranet_fresh_dmm.py --source-model contranet-gtsrb \
         --out runs/contranet-gtsrb-supcon --arch-args '{"dmm_hidden": 384}' \
         --settings '{"dmm_pretrain_loss": "supcon"}'
+    python scripts/branch_contranet_fresh_dmm.py --source-model contranet-gtsrb \
+        --out runs/contranet-gtsrb-more-dmm --keep-dmm
 """
 
 from __future__ import annotations
@@ -87,17 +93,20 @@ def from_model(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         raise SystemExit(f"{args.source_model!r} is not a ContraNet")
     config = dataclasses.replace(model.config, **args.arch_args)
     settings = ContraNetTrainSettings(**(meta["train_settings"] | args.settings))
-    pre_dmm = [(s, e) for s, e in settings.schedule() if not s.startswith("dmm")]
+    schedule = settings.schedule()
+    done = schedule if args.keep_dmm else [(s, e) for s, e in schedule if not s.startswith("dmm")]
     trainer = seeded_trainer(config, settings)
     trainer.encoder.load_state_dict(model.encoder.state_dict(), strict=True)
     trainer.generator.load_state_dict(model.generator.state_dict(), strict=True)
     trainer.g_ema.load_state_dict(model.generator.state_dict(), strict=True)
     trainer.dis.load_state_dict(model.dis.state_dict(), strict=True)
+    if args.keep_dmm:
+        trainer.dmm.load_state_dict(model.dmm.state_dict(), strict=True)
     trainer.history = [
         {"unit": i, "stage": stage, "epoch": epoch + 1, "source_model": args.source_model}
-        for i, (stage, epoch) in enumerate(pre_dmm, start=1)
+        for i, (stage, epoch) in enumerate(done, start=1)
     ]
-    return trainer.state(len(pre_dmm)), len(pre_dmm)
+    return trainer.state(len(done)), len(done)
 
 
 def main() -> None:
@@ -110,7 +119,12 @@ def main() -> None:
     parser.add_argument("--dataset", help="for the dataset's default settings (--source)")
     parser.add_argument("--arch-args", type=json.loads, default={}, help="DMM size overrides")
     parser.add_argument("--settings", type=json.loads, default={}, help="setting overrides")
+    parser.add_argument(
+        "--keep-dmm", action="store_true", help="keep the shipped DMM (--source-model only)"
+    )
     args = parser.parse_args()
+    if args.keep_dmm and (args.source or args.arch_args):
+        raise SystemExit("--keep-dmm needs --source-model and no --arch-args")
     if any(not k.startswith("dmm_") for k in args.arch_args):
         raise SystemExit(f"--arch-args may only change DMM fields, got {sorted(args.arch_args)}")
 
