@@ -93,8 +93,11 @@ def from_model(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         raise SystemExit(f"{args.source_model!r} is not a ContraNet")
     config = dataclasses.replace(model.config, **args.arch_args)
     settings = ContraNetTrainSettings(**(meta["train_settings"] | args.settings))
-    schedule = settings.schedule()
-    done = schedule if args.keep_dmm else [(s, e) for s, e in schedule if not s.startswith("dmm")]
+    if args.keep_dmm:
+        # The units the shipped weights went through, whatever --settings plans from here on.
+        done = ContraNetTrainSettings(**meta["train_settings"]).schedule()
+    else:
+        done = [(s, e) for s, e in settings.schedule() if not s.startswith("dmm")]
     trainer = seeded_trainer(config, settings)
     trainer.encoder.load_state_dict(model.encoder.state_dict(), strict=True)
     trainer.generator.load_state_dict(model.generator.state_dict(), strict=True)
