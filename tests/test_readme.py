@@ -14,18 +14,28 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_relative_links_resolve() -> None:
-    targets = re.findall(r"\]\(([^)#\s]+)\)", README)
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *DOCS], ids=lambda p: p.name)
+def test_relative_links_resolve(page: Path) -> None:
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)", page.read_text())
     local = [t for t in targets if "://" not in t]
-    assert local, "the README links no local files: the pattern no longer matches"
-    missing = [t for t in local if not (ROOT / t).exists()]
-    assert not missing, f"README links missing files: {missing}"
+    assert local, f"{page.name} links no local files: the pattern no longer matches"
+    missing = [t for t in local if not (page.parent / t).exists()]
+    assert not missing, f"{page.name} links missing files: {missing}"
 
 
-def test_named_scripts_exist() -> None:
-    scripts = set(re.findall(r"scripts/([\w-]+\.py)", README))
+def test_readme_links_the_docs() -> None:
+    missing = [p.name for p in DOCS if f"](docs/{p.name}" not in README]
+    assert not missing, f"docs pages the README never links: {missing}"
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *DOCS], ids=lambda p: p.name)
+def test_named_scripts_exist(page: Path) -> None:
+    scripts = set(re.findall(r"scripts/([\w-]+\.py)", page.read_text()))
     missing = sorted(s for s in scripts if not (ROOT / "scripts" / s).is_file())
-    assert not missing, f"README names scripts that do not exist: {missing}"
+    assert not missing, f"{page.name} names scripts that do not exist: {missing}"
 
 
 @pytest.mark.parametrize("entry", list_pretrained(), ids=lambda e: e.name)
