@@ -352,7 +352,29 @@ def _fixture_split(name: str, split: str, *, limit: int | None = None, **_: obje
     return SplitDataset(images, labels, info=dataset_info(name), split=split, indices=indices)
 
 
-def test_cli_trains_a_contranet(tmp_path, monkeypatch, capsys) -> None:
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory) -> tuple[Path, list[str], str]:
+    """A tiny ContraNet trained once by ``guardnet train contranet``: (run, argv, stdout)."""
+    import contextlib
+    import io
+
+    import guardnet.data
+    from guardnet.cli import main
+
+    run = tmp_path_factory.mktemp("cli") / "run"
+    argv = ["train", "contranet", "--dataset", "mnist", "--classifier", "mnist-cnn"]
+    argv += ["--arch-args", '{"g_ch": 2, "d_ch": 2, "dmm_backbone": "cnn"}']
+    argv += ["--epochs", "gan=1", "dis=1", "dmm_pretrain=1", "dmm=1", "--limit", "64"]
+    argv += ["--eval-limit", "32", "--settings", '{"batch_size": 16, "adv_steps": 2}']
+    argv += ["--out", str(run), "--no-progress"]
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        patch.setattr(guardnet.data, "load_split", _fixture_split)
+        assert main(argv) == 0
+    return run, argv, out.getvalue()
+
+
+def test_cli_trains_a_contranet(cli_run, tmp_path, monkeypatch, capsys) -> None:
     import json
 
     import guardnet.data
@@ -360,15 +382,9 @@ def test_cli_trains_a_contranet(tmp_path, monkeypatch, capsys) -> None:
     from guardnet.layers import ContraNetLayer
 
     monkeypatch.setattr(guardnet.data, "load_split", _fixture_split)
-    argv = ["train", "contranet", "--dataset", "mnist", "--classifier", "mnist-cnn"]
-    argv += ["--arch-args", '{"g_ch": 2, "d_ch": 2, "dmm_backbone": "cnn"}']
-    argv += ["--epochs", "gan=1", "dis=1", "dmm_pretrain=1", "dmm=1", "--limit", "64"]
-    argv += ["--eval-limit", "32", "--settings", '{"batch_size": 16, "adv_steps": 2}']
-    argv += ["--out", str(tmp_path / "run"), "--no-progress"]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
+    run, argv, out = cli_run
     assert "[gan 1/1]" in out and "[dmm 1/1]" in out and "acc_dmm_adv_negative" in out
-    folder = tmp_path / "run" / "model"
+    folder = run / "model"
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "ContraNet" and config["classifier"] == "mnist-cnn"
     assert config["input_size"] == [1, 28, 28] and config["train_settings"]["adv_steps"] == 2
@@ -385,3 +401,53 @@ def test_cli_trains_a_contranet(tmp_path, monkeypatch, capsys) -> None:
     assert "expected STAGE=N" in capsys.readouterr().err
     assert main([*argv[:4], "--classifier", "resnet20-gtsrb", "--out", str(tmp_path / "z")]) == 2
     assert "43 classes" in capsys.readouterr().err
+
+
+def test_branch_script_keep_dmm_continues_the_shipped_dmm(
+    cli_run, tmp_path, monkeypatch, capsys
+) -> None:
+    """``scripts/branch_contranet_fresh_dmm.py --keep-dmm``: shipped weights -> a resumable run."""
+    import runpy
+
+    import guardnet.data
+    from guardnet.cli import main
+    from guardnet.hub import load_model
+    from guardnet.train.classifier import load_checkpoint
+
+    monkeypatch.setattr(guardnet.data, "load_split", _fixture_split)
+    run, argv, _ = cli_run
+    shipped, _ = load_model(run / "model")
+
+    script = str(ROOT / "scripts" / "branch_contranet_fresh_dmm.py")
+    branch = tmp_path / "branch"
+
+    def run_script(*args: str) -> None:
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        runpy.run_path(script, run_name="__main__")
+
+    with pytest.raises(SystemExit, match="--keep-dmm needs --source-model"):
+        run_script("--source-model", str(run / "model"), "--out", str(branch),
+                   "--keep-dmm", "--arch-args", '{"dmm_hidden": 8}')  # fmt: skip
+    run_script("--source-model", str(run / "model"), "--out", str(branch), "--keep-dmm")
+    assert "(4 units)" in capsys.readouterr().out  # gan, dis, dmm_pretrain and dmm: all done
+    state = load_checkpoint(branch / "checkpoints" / "epoch-0004")
+    assert [r["stage"] for r in state["history"]] == ["gan", "dis", "dmm_pretrain", "dmm"]
+    for name, net in (("dmm", shipped.dmm), ("encoder", shipped.encoder)):
+        for key, value in net.state_dict().items():
+            torch.testing.assert_close(state["nets"][name][key], value, msg=f"{name}.{key}")
+
+    # A longer DMM plan resumes after the shipped DMM epoch: only the DMM moves.
+    longer_argv = [a if a != "dmm=1" else "dmm=2" for a in argv]
+    longer_argv[longer_argv.index("--out") + 1] = str(branch)
+    assert main(longer_argv) == 0
+    assert "(4 of 5 epochs done)" in capsys.readouterr().out
+    longer, meta = load_model(branch / "model")
+    assert meta["train_settings"]["dmm_epochs"] == 2
+    torch.testing.assert_close(longer.encoder.state_dict(), shipped.encoder.state_dict())
+    torch.testing.assert_close(longer.generator.state_dict(), shipped.generator.state_dict())
+    moved = [
+        k
+        for k, v in longer.dmm.state_dict().items()
+        if v.is_floating_point() and not torch.equal(v, shipped.dmm.state_dict()[k])
+    ]
+    assert moved, "the extra DMM epoch left the DMM unchanged"
