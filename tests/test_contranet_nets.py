@@ -123,6 +123,38 @@ def test_dmm_class_conditional_layer_matches_per_sample_reference() -> None:
     assert dmm.fc1.weight.shape == (5, 2 * dmm.feature_dim, cfg.dmm_hidden)
 
 
+@pytest.mark.parametrize("backbone", ["cnn", "mobilenet_v2"])
+def test_dmm_shared_inputs_match_repeated_inputs(backbone: str) -> None:
+    """``x_index`` (F_real embeds each shared input once) gives the logits and gradients of
+    repeating the inputs, also in train mode: a batch where every input appears twice has the
+    batch-norm statistics of its distinct inputs."""
+    torch.manual_seed(0)
+    cfg = ContraNetConfig(num_classes=5, in_channels=3, dmm_backbone=backbone, dmm_width=0.25)
+    dmm = ContraNetDMM(cfg).train()
+    x = torch.rand(6, 3, 32, 32)
+    index = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 4, 5])
+    xr = torch.rand(12, 3, 32, 32)
+    y = torch.randint(0, 5, (12,))
+    state = {k: v.clone() for k, v in dmm.state_dict().items()}
+
+    def logits_and_grads(**kwargs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        dmm.load_state_dict(state)
+        dmm.zero_grad()
+        inputs = x if kwargs else x[index]
+        out = dmm(inputs, xr, y, **kwargs)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in dmm.parameters()]
+
+    repeated, repeated_grads = logits_and_grads()
+    shared, shared_grads = logits_and_grads(x_index=index)
+    torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=1e-4)
+    for a, b in zip(shared_grads, repeated_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+    with torch.no_grad():  # and it is not a no-op: other rows give other logits
+        other = dmm.eval()(x, xr, y, x_index=index.flip(0))
+        assert not torch.equal(other, dmm(x[index], xr, y))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

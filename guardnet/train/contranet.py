@@ -696,9 +696,13 @@ class _Trainer:
             totals.add(loss_d=loss_d, aux=aux, l2=l2)
         return totals.mean()
 
-    def _rebuild(self, x: Tensor, labels: Tensor) -> Tensor:
+    def _rebuild(self, x: Tensor, labels: Tensor, index: Tensor | None = None) -> Tensor:
+        """G(E(x[index]), labels); ``index`` lets several labels share one encoding."""
         with torch.no_grad():
-            return self.g_ema(self.encoder(x)[0], labels)
+            z = self.encoder(x)[0]
+            if index is not None:
+                z = z.index_select(0, index)
+            return self.g_ema(z, labels)
 
     def _frozen_rebuilder(self) -> None:
         self.encoder.eval()
@@ -706,30 +710,36 @@ class _Trainer:
 
     def consistency_pairs(
         self, native: Tensor, x: Tensor, y: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, int]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
         """Inputs, the labels to rebuild them under, and which pairs are consistent.
 
         Clean images under their true and a wrong label; with a classifier, also their PGD
-        copies under the true label (consistent) and the attack's label (not). Returns
-        ``(inputs, labels, consistent, n_adv)``; the last ``n_adv`` pairs are the adversarial
-        negatives.
+        copies under the true label (consistent) and the attack's label (not). Each input is
+        returned once and pair ``i`` reads ``inputs[index[i]]``, so encoder and F_real see it
+        once. Returns ``(inputs, index, labels, consistent, n_adv)``; the last ``n_adv`` pairs
+        are the adversarial negatives.
         """
-        inputs, labels, consistent = [x, x], [y, self.wrong(y)], [True, False]
+        b = x.shape[0]
+        rows = torch.arange(b, device=x.device)
+        inputs, index = [x], [rows, rows]
+        labels, consistent = [y, self.wrong(y)], [True, False]
         adv = self.adversarial(native, y)
         n_adv = 0
         if adv is not None:
             x_adv, y_true, y_neg = adv
-            inputs += [x_adv, x_adv]
+            n_adv = x_adv.shape[0]
+            adv_rows = torch.arange(b, b + n_adv, device=x.device)
+            inputs.append(x_adv)
+            index += [adv_rows, adv_rows]
             labels += [y_true, y_neg]
             consistent += [True, False]
-            n_adv = x_adv.shape[0]
         target = torch.cat(
             [
                 torch.full_like(lab, c, dtype=torch.bool)
                 for lab, c in zip(labels, consistent, strict=True)
             ]
         )
-        return torch.cat(inputs), torch.cat(labels), target, n_adv
+        return torch.cat(inputs), torch.cat(index), torch.cat(labels), target, n_adv
 
     def run_dis(self, desc: str) -> dict[str, Tensor]:
         ctx, dev = self.ctx, self.device
@@ -739,8 +749,8 @@ class _Trainer:
         opt = self.optimizers["dis"]
         totals = _Totals(dev)
         for native, x, y in self.batches(desc):
-            inputs, labels, target, _ = self.consistency_pairs(native, x, y)
-            rebuilt = self._rebuild(inputs, labels)
+            inputs, index, labels, target, _ = self.consistency_pairs(native, x, y)
+            rebuilt = self._rebuild(inputs, labels, index)
             opt.zero_grad(set_to_none=True)
             logits = dis(rebuilt, labels)
             loss = _hinge_d(logits[target], logits[~target])
@@ -784,11 +794,11 @@ class _Trainer:
         opt = self.optimizers["dmm"]
         totals = _Totals(dev)
         for native, x, y in self.batches(desc):
-            inputs, labels, consistent, n_adv = self.consistency_pairs(native, x, y)
+            inputs, index, labels, consistent, n_adv = self.consistency_pairs(native, x, y)
             target = consistent.long()
-            rebuilt = self._rebuild(inputs, labels)
+            rebuilt = self._rebuild(inputs, labels, index)
             opt.zero_grad(set_to_none=True)
-            logits = dmm(inputs, rebuilt, labels)
+            logits = dmm(inputs, rebuilt, labels, x_index=index)
             loss = F.cross_entropy(logits, target)
             loss.backward()
             opt.step()

@@ -130,6 +130,16 @@ class ContraNetDMM(nn.Module):
             nn.Linear(64, 2),
         )
 
-    def forward(self, x: Tensor, x_rebuilt: Tensor, y: Tensor) -> Tensor:
-        f = torch.cat([self.f_real(x), self.f_syn(x_rebuilt)], dim=1)
+    def forward(
+        self, x: Tensor, x_rebuilt: Tensor, y: Tensor, *, x_index: Tensor | None = None
+    ) -> Tensor:
+        """Consistency logits of the pairs ``(x[x_index[i]], x_rebuilt[i])`` under ``y[i]``.
+
+        ``x_index`` (B,) lets pairs share an input, which F_real then embeds once (training
+        scores each input under a true and a wrong label); without it pair ``i`` is ``x[i]``.
+        """
+        real = self.f_real(x)
+        if x_index is not None:
+            real = real.index_select(0, x_index)
+        f = torch.cat([real, self.f_syn(x_rebuilt)], dim=1)
         return self.head(self.fc1(f, y))
