@@ -19,11 +19,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from guardnet.errors import CheckpointError
-from guardnet.nets.contranet import ContraNetConfig
-from guardnet.train.classifier import latest_checkpoint
+from guardnet.nets.contranet import ContraNet, ContraNetConfig
+from guardnet.train.classifier import latest_checkpoint, load_checkpoint
 from guardnet.train.contranet import (
     ContraNetTrainSettings,
+    _Dist,
     _supcon_cross_modal,
+    _Trainer,
     contranet_from_checkpoint,
     evaluate_contranet,
     pgd_linf,
@@ -60,6 +62,17 @@ def classifier() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 4)).eval()
 
 
+def run_up_to_dis(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, dict, ContraNetTrainSettings]:
+    """Train TINY's gan and dis stages into ``run_dir``: (x, y, train kwargs, those settings)."""
+    x, y = data()
+    kwargs = dict(classify=classifier(), progress=False, log=None)
+    up_to_dis = ContraNetTrainSettings(
+        gan_epochs=1, dis_epochs=1, dmm_pretrain_epochs=0, dmm_epochs=0, batch_size=8
+    )
+    train_contranet(TINY, x, y, settings=up_to_dis, run_dir=run_dir, **kwargs)
+    return x, y, kwargs, up_to_dis
+
+
 class TestHelpers:
     def test_wrong_labels_differ_and_cover_all_classes(self) -> None:
         labels = torch.arange(43).repeat(200)
@@ -94,6 +107,7 @@ class TestHelpers:
             ContraNetTrainSettings(supcon_temperature=0.0)
         with pytest.raises(ValueError, match="dmm_pretrain_adversarial needs dmm_pretrain_loss"):
             ContraNetTrainSettings(dmm_pretrain_adversarial=True)
+        ContraNetTrainSettings(dmm_pretrain_adversarial=True, dmm_pretrain_loss="ce")
         with pytest.raises(ValueError, match="non-empty adv_eps"):
             ContraNetTrainSettings(
                 dmm_pretrain_adversarial=True, dmm_pretrain_loss="supcon", adv_eps=()
@@ -229,12 +243,7 @@ class TestTraining:
             train_contranet(stem, x, y, settings=longer, run_dir=tmp_path, progress=False)
 
     def test_a_stage_setting_may_change_until_its_stage_begins(self, tmp_path) -> None:
-        x, y = data()
-        kwargs = dict(classify=classifier(), progress=False, log=None)
-        up_to_dis = ContraNetTrainSettings(
-            gan_epochs=1, dis_epochs=1, dmm_pretrain_epochs=0, dmm_epochs=0, batch_size=8
-        )
-        train_contranet(TINY, x, y, settings=up_to_dis, run_dir=tmp_path, **kwargs)
+        x, y, kwargs, up_to_dis = run_up_to_dis(tmp_path)
         # Older checkpoints lack later settings: they resume with the defaults.
         header_path = tmp_path / "checkpoints" / "epoch-0002" / "checkpoint.json"
         header = json.loads(header_path.read_text())
@@ -272,6 +281,45 @@ class TestTraining:
         loss_clean = clean.history[1]["loss_supcon"]
         loss_attacked = attacked.history[1]["loss_supcon"]
         assert math.isfinite(loss_attacked) and loss_attacked != loss_clean
+
+    def test_ce_pretraining_trains_class_heads_outside_the_model(self, tmp_path) -> None:
+        x, y, kwargs, up_to_dis = run_up_to_dis(tmp_path)
+        # The loss may become "ce" before dmm_pretrain begins: the heads start fresh.
+        ce = dataclasses.replace(
+            up_to_dis, dmm_pretrain_epochs=3, dmm_pretrain_loss="ce", dmm_pretrain_adversarial=True
+        )
+        result = train_contranet(TINY, x, y, settings=ce, run_dir=tmp_path, **kwargs)
+        pretrain = [r for r in result.history if r["stage"] == "dmm_pretrain"]
+        assert len(pretrain) == 3
+        for record in pretrain:
+            assert {"loss_ce", "acc_real", "acc_syn", "acc_real_adv"} <= record.keys()
+            assert all(0.0 <= record[k] <= 1.0 for k in ("acc_real", "acc_syn", "acc_real_adv"))
+        assert pretrain[-1]["loss_ce"] < pretrain[0]["loss_ce"]
+        # The heads are training state: in the checkpoint, not in the exported model.
+        state = load_checkpoint(tmp_path / "checkpoints" / "epoch-0005")
+        assert "class_heads" in state["nets"] and "class_heads" in state["optimizers"]
+        head = state["nets"]["class_heads"]["real.weight"]
+        assert head.shape == (4, result.model.dmm.feature_dim)
+        assert not any("class_heads" in k for k in result.model.state_dict())
+        assert result.model.state_dict().keys() == ContraNet.from_config(TINY).state_dict().keys()
+        # Resuming the ce run loads its heads strictly and continues.
+        longer = dataclasses.replace(ce, dmm_pretrain_epochs=4)
+        resumed = train_contranet(TINY, x, y, settings=longer, run_dir=tmp_path, **kwargs)
+        assert [r["stage"] for r in resumed.history].count("dmm_pretrain") == 4
+
+    def test_the_pretraining_loss_does_not_change_initial_weights(self) -> None:
+        x, y = data(8)
+        nets = {
+            loss: _Trainer(
+                TINY, ContraNetTrainSettings(dmm_pretrain_loss=loss), x, y, None,
+                torch.device("cpu"), _Dist(), False,
+            ).nets()
+            for loss in ("triplet", "ce")
+        }  # fmt: skip
+        assert "class_heads" in nets["ce"] and "class_heads" not in nets["triplet"]
+        for key, module in nets["triplet"].items():
+            for name, value in module.state_dict().items():
+                assert torch.equal(value, nets["ce"][key].state_dict()[name]), (key, name)
 
     def test_bad_labels_are_named(self) -> None:
         x, _ = data(8)

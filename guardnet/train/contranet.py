@@ -17,8 +17,9 @@ skips it):
 2. ``dis``: Dis learns ``G(E(x), y_true)`` (positive) against ``G(E(x), y_wrong)`` (negative),
    hinge loss; with PGD examples of the classifier, ``G(E(x_adv), y_adv)`` is a negative too.
 3. ``dmm_pretrain``: F_real and F_syn with a cross-modal metric loss, the authors' triplet loss
-   (batch-hard mining on class labels) or a supervised contrastive one (optionally with PGD
-   copies of the classifier as extra F_real inputs of their true class); ``dmm``: the whole DMM
+   (batch-hard mining on class labels) or a supervised contrastive one, or as classifiers
+   through linear heads used only here (``"ce"``); with ``supcon`` and ``ce`` optionally with
+   PGD copies of the classifier as extra F_real inputs of their true class; ``dmm``: the whole DMM
    with cross-entropy on (x, G(E(x), y)) positive vs
    (x, G(E(x), y_wrong)) negative, plus (x_adv, G(E(x_adv), y_true)) positive and
    (x_adv, G(E(x_adv), y_adv)) negative.
@@ -83,7 +84,7 @@ __all__ = [
 ]
 
 STAGES = ("gan", "aux", "dis", "dmm_pretrain", "dmm")
-PRETRAIN_LOSSES = ("triplet", "supcon")
+PRETRAIN_LOSSES = ("triplet", "supcon", "ce")
 # Settings read by one stage only: a resumed run may change them until that stage has begun
 # (e.g. branch a finished generator into another DMM recipe).
 _STAGE_ONLY_SETTINGS = {
@@ -122,14 +123,18 @@ class ContraNetTrainSettings:
         dmm_pretrain_loss: metric loss of ``dmm_pretrain``: ``"triplet"`` (the authors'
             cross-modal batch-hard triplet) or ``"supcon"`` (supervised contrastive, Khosla et
             al. 2020, over both modalities: every same-class input or rebuild in the batch is a
-            positive; steadier from scratch, where batch-hard triplets can stall at the margin).
+            positive; steadier from scratch, where batch-hard triplets can stall at the margin)
+            or ``"ce"`` (cross-entropy through a linear class head on each extractor; the
+            heads are training-only, kept in checkpoints but not in the model). A metric loss
+            over a batch of 64 sees few same-class pairs; a class head gets a gradient from
+            every image, so the extractors reach a given accuracy in far fewer epochs.
         triplet_margin: margin of the ``dmm_pretrain`` triplet loss (normalised features).
         supcon_temperature: temperature of the ``supcon`` loss.
         dmm_pretrain_adversarial: in ``dmm_pretrain``, also embed PGD copies of the classifier
             (``adv_eps``, ``adv_steps``, ``adv_fraction``) with F_real and pull each towards
-            its true class (``supcon`` only). The DMM can only flag ``(x_adv, y_adv)`` if F_real
-            still sees x_adv's true class, and attacks on the classifier transfer to a net
-            trained on clean images alone.
+            its true class (``supcon`` and ``ce``). The DMM can only flag ``(x_adv, y_adv)``
+            if F_real still sees x_adv's true class, and attacks on the classifier transfer
+            to a net trained on clean images alone.
         seed: seed of everything random.
         log_every: seconds between progress-bar redraws when stderr is not a terminal.
     """
@@ -185,10 +190,10 @@ class ContraNetTrainSettings:
             )
         if not self.supcon_temperature > 0:
             raise ValueError(f"supcon_temperature must be > 0, got {self.supcon_temperature}")
-        if self.dmm_pretrain_adversarial and self.dmm_pretrain_loss != "supcon":
+        if self.dmm_pretrain_adversarial and self.dmm_pretrain_loss == "triplet":
             raise ValueError(
-                "dmm_pretrain_adversarial needs dmm_pretrain_loss='supcon' (adversarial copies "
-                f"have no rebuild of their own to be a triplet's positive), got "
+                "dmm_pretrain_adversarial needs dmm_pretrain_loss 'supcon' or 'ce' (adversarial "
+                "copies have no rebuild of their own to be a triplet's positive), got "
                 f"{self.dmm_pretrain_loss!r}"
             )
         if self.dmm_pretrain_adversarial and not (self.adv_eps and self.adv_fraction > 0):
@@ -329,6 +334,28 @@ class _Features(nn.Module):
         return self.f_real(x), self.f_syn(x_rebuilt)
 
 
+class _ClassHeads(nn.Module):
+    """Training-only linear class heads on F_real and F_syn (``dmm_pretrain_loss="ce"``)."""
+
+    def __init__(self, feature_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.real = nn.Linear(feature_dim, num_classes)
+        self.syn = nn.Linear(feature_dim, num_classes)
+
+
+class _HeadedFeatures(nn.Module):
+    """F_real and F_syn followed by their class heads: one DDP forward for the ``ce`` loss."""
+
+    def __init__(self, features: _Features, heads: _ClassHeads) -> None:
+        super().__init__()
+        self.features = features
+        self.heads = heads
+
+    def forward(self, x: Tensor, x_rebuilt: Tensor) -> tuple[Tensor, Tensor]:
+        a, p = self.features(x, x_rebuilt)
+        return self.heads.real(a), self.heads.syn(p)
+
+
 def _triplet_cross_modal(a: Tensor, p: Tensor, labels: Tensor, margin: float) -> Tensor:
     """Batch-hard triplet loss between input features ``a`` and rebuild features ``p``.
 
@@ -460,6 +487,13 @@ class _Trainer:
             "dis": torch.optim.Adam(self.dis.parameters(), lr=s.lr_d, betas=s.betas),
             "dmm": torch.optim.Adam(self.dmm.parameters(), lr=s.lr_dmm),
         }
+        # Built last so that the other nets' initial weights do not depend on the loss.
+        self.class_heads: _ClassHeads | None = None
+        if s.dmm_pretrain_loss == "ce":
+            self.class_heads = _ClassHeads(self.dmm.feature_dim, config.num_classes).to(device)
+            self.optimizers["class_heads"] = torch.optim.Adam(
+                self.class_heads.parameters(), lr=s.lr_dmm
+            )
         self.augment = _make_augmentation(config.in_channels).to(device) if s.augment else None
         # Every rank draws the same permutation; noise and attacks differ per rank.
         self.shuffle = torch.Generator().manual_seed(s.seed)
@@ -473,7 +507,7 @@ class _Trainer:
 
     # ---------------------------------------------------------------- state
     def nets(self) -> dict[str, nn.Module]:
-        return {
+        nets: dict[str, nn.Module] = {
             "encoder": self.encoder,
             "generator": self.generator,
             "g_ema": self.g_ema,
@@ -482,6 +516,9 @@ class _Trainer:
             "dis": self.dis,
             "dmm": self.dmm,
         }
+        if self.class_heads is not None:
+            nets["class_heads"] = self.class_heads
+        return nets
 
     def state(self, unit: int) -> dict[str, Any]:
         return {
@@ -524,9 +561,15 @@ class _Trainer:
                 f"settings {changed} differ from the checkpoint's; resuming would mix two "
                 "recipes (only epoch counts may change)"
             )
+        # The ``ce`` class heads exist only with that loss, which may be chosen (or dropped)
+        # while ``dmm_pretrain`` has not begun: then the heads start fresh (or are unused).
         for key, module in self.nets().items():
+            if key == "class_heads" and key not in state["nets"]:
+                continue
             module.load_state_dict(state["nets"][key], strict=True)
         for key, opt in self.optimizers.items():
+            if key == "class_heads" and key not in state["optimizers"]:
+                continue
             opt.load_state_dict(state["optimizers"][key])
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle.set_state(state["rng"]["shuffle"])
@@ -763,9 +806,14 @@ class _Trainer:
     def run_dmm_pretrain(self, desc: str) -> dict[str, Tensor]:
         ctx, dev = self.ctx, self.device
         self._frozen_rebuilder()
-        features = _wrap(_Features(self.dmm.f_real, self.dmm.f_syn), ctx, dev)
+        pair = _Features(self.dmm.f_real, self.dmm.f_syn)
+        heads = self.class_heads
+        features = _wrap(pair if heads is None else _HeadedFeatures(pair, heads), ctx, dev)
         self.dmm.train()
-        opt = self.optimizers["dmm"]
+        opts = [self.optimizers["dmm"]]
+        if heads is not None:
+            heads.train()
+            opts.append(self.optimizers["class_heads"])
         totals = _Totals(dev)
         for native, x, y in self.batches(desc):
             rebuilt = self._rebuild(x, y)
@@ -773,17 +821,32 @@ class _Trainer:
             adv = self.adversarial(native, y) if self.s.dmm_pretrain_adversarial else None
             if adv is not None:
                 inputs, input_labels = torch.cat([x, adv[0]]), torch.cat([y, adv[1]])
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             a, p = features(inputs, rebuilt)
-            if self.s.dmm_pretrain_loss == "supcon":
+            if heads is not None:  # a and p are class logits
+                loss = F.cross_entropy(a, input_labels) + F.cross_entropy(p, y)
+                hit = (a.argmax(dim=1) == input_labels).float()
+                b = x.shape[0]
+                metrics = {
+                    "loss_ce": loss,
+                    "acc_real": hit[:b].mean(),
+                    "acc_syn": (p.argmax(dim=1) == y).float().mean(),
+                }
+                if adv is not None:
+                    metrics["acc_real_adv"] = hit[b:].mean()
+            elif self.s.dmm_pretrain_loss == "supcon":
                 loss = _supcon_cross_modal(
                     a, p, y, self.s.supcon_temperature, a_labels=input_labels
                 )
+                metrics = {"loss_supcon": loss}
             else:
                 loss = _triplet_cross_modal(a, p, y, self.s.triplet_margin)
+                metrics = {"loss_triplet": loss}
             loss.backward()
-            opt.step()
-            totals.add(**{f"loss_{self.s.dmm_pretrain_loss}": loss})
+            for opt in opts:
+                opt.step()
+            totals.add(**metrics)
         return totals.mean()
 
     def run_dmm(self, desc: str) -> dict[str, Tensor]:
