@@ -8,7 +8,8 @@ Every guardnet model is stored as a folder (a Hub model repository has the same 
   ``class_names``, ``license``, ``source`` and ``metrics`` describe it; ``weights_sha256`` (written
   by :func:`save_pretrained`) lets the loader detect a damaged weights file.
 * ``model.safetensors``: the ``state_dict`` (metadata ``{"format": "pt"}``). Only safetensors is
-  read: never a pickle.
+  read: never a pickle. Large matrices may be stored as float16 (``save_pretrained``'s
+  ``float16_keys``); they load into the model's own dtype.
 * ``README.md``: the model card.
 
 Loading is strict: a missing or unexpected key or a wrong shape raises
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -262,6 +263,27 @@ def _saveable_state(model: nn.Module) -> dict[str, Tensor]:
     return state
 
 
+def _stored_as_float16(state: dict[str, Tensor], keys: Collection[str]) -> dict[str, Tensor]:
+    """``state`` with ``keys`` cast to float16, refusing keys that would not survive the cast."""
+    keys = {keys} if isinstance(keys, str) else set(keys)  # one key given as a bare string
+    unknown = sorted(set(keys) - set(state))
+    if unknown:
+        raise WeightsError(f"float16_keys names keys the model does not have: {_listed(unknown)}")
+    not_float = sorted(key for key in keys if not state[key].is_floating_point())
+    if not_float:
+        raise WeightsError(
+            f"float16_keys names tensors that are not floating point: {_listed(not_float)}"
+        )
+    limit = torch.finfo(torch.float16).max
+    too_large = sorted(key for key in keys if bool(state[key].abs().amax() > limit))
+    if too_large:
+        raise WeightsError(
+            f"float16_keys names tensors with values beyond float16's range (+-{limit:g}): "
+            f"{_listed(too_large)}"
+        )
+    return {key: value.half() if key in keys else value for key, value in state.items()}
+
+
 def default_model_card(config: Mapping[str, Any], *, title: str) -> str:
     """A minimal model card built from a config (metadata header, description, metrics).
 
@@ -306,6 +328,7 @@ def save_pretrained(
     *,
     config: Mapping[str, Any],
     model_card: str | None = None,
+    float16_keys: Collection[str] = (),
 ) -> Path:
     """Write ``model`` to ``folder`` in the Hub layout: config.json, model.safetensors, README.md.
 
@@ -320,12 +343,18 @@ def save_pretrained(
             ``dataset``, ``input_size``, ``mean``, ``std``, ``class_names``, ``license``,
             ``source``, ``metrics``); must be JSON-serialisable.
         model_card: README.md text; default :func:`default_model_card`.
+        float16_keys: ``state_dict`` keys stored as float16, halving their share of the file (for
+            large matrices such as a class-conditional layer). They load back into the model's
+            own dtype; the rounding (about 3 significant digits) can move scores slightly, so
+            measure the saved folder, not the model it came from.
 
     Returns:
         The folder's path.
 
     Raises:
-        WeightsError: The config cannot rebuild ``model`` or is not JSON-serialisable.
+        WeightsError: The config cannot rebuild ``model`` or is not JSON-serialisable, or
+            ``float16_keys`` names a key the model lacks, a non-floating tensor, or values beyond
+            float16's range.
 
     Example:
         >>> import tempfile
@@ -351,6 +380,8 @@ def save_pretrained(
         config_text = json.dumps(dict(config), indent=2)
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"config is not JSON-serialisable: {exc}") from exc
+    if float16_keys:
+        state = _stored_as_float16(state, float16_keys)
 
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_NAME

@@ -198,6 +198,43 @@ def test_save_pretrained_rejects_config_that_does_not_rebuild_the_model(tmp_path
         save_pretrained(_tiny(), tmp_path / "bad", config={**TINY_CONFIG, "x": object()})
 
 
+def test_float16_keys_halve_those_tensors_and_load_back_into_float32(tmp_path: Path) -> None:
+    model = _tiny()
+    full = save_pretrained(model, tmp_path / "full", config=TINY_CONFIG)
+    half = save_pretrained(
+        model, tmp_path / "half", config=TINY_CONFIG, float16_keys="linear.weight"
+    )
+    stored = load_file(str(half / "model.safetensors"))
+    assert stored["linear.weight"].dtype == torch.float16
+    assert stored["linear.bias"].dtype == torch.float32
+    saved_bytes = stored["linear.weight"].numel() * 2
+    size = (full / "model.safetensors").stat().st_size - (half / "model.safetensors").stat().st_size
+    assert size == pytest.approx(saved_bytes, abs=64)  # the header's dtype strings differ a little
+    loaded, _ = from_pretrained(half)
+    assert loaded.linear.weight.dtype == torch.float32
+    reference = model.linear.weight.detach()
+    assert torch.equal(loaded.linear.weight, reference.half().float())
+    assert not torch.equal(loaded.linear.weight, reference)  # rounded, so truly stored as float16
+    assert torch.allclose(
+        _outputs(loaded, (2, 3, 16, 16)), _outputs(model, (2, 3, 16, 16)), atol=1e-2
+    )
+
+
+def test_float16_keys_are_checked(tmp_path: Path) -> None:
+    model = _tiny()
+    with pytest.raises(WeightsError, match=r"does not have: linear\.nope"):
+        save_pretrained(model, tmp_path / "a", config=TINY_CONFIG, float16_keys=["linear.nope"])
+    with pytest.raises(WeightsError, match=r"not floating point: .*num_batches_tracked"):
+        save_pretrained(
+            model, tmp_path / "b", config=TINY_CONFIG, float16_keys=["bn1.num_batches_tracked"]
+        )
+    with torch.no_grad():
+        model.linear.weight[0, 0] = 1e5
+    with pytest.raises(WeightsError, match=r"beyond float16's range .*linear\.weight"):
+        save_pretrained(model, tmp_path / "c", config=TINY_CONFIG, float16_keys=["linear.weight"])
+    assert not any(tmp_path.iterdir())
+
+
 def test_build_model_errors() -> None:
     with pytest.raises(WeightsError, match=r"unknown architecture 'nope'.*resnet20"):
         build_model({"architecture": "nope"})
