@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,6 +392,8 @@ def save_pretrained(
     written = json.loads(config_text)
     written["weights_sha256"] = sha256_file(weights)
     (folder / CONFIG_NAME).write_text(json.dumps(written, indent=2) + "\n")
+    # safetensors creates owner-only files; give the weights the config's (umask) permissions
+    shutil.copymode(folder / CONFIG_NAME, weights)
     card = model_card if model_card is not None else default_model_card(written, title=folder.name)
     (folder / MODEL_CARD_NAME).write_text(card if card.endswith("\n") else card + "\n")
     return folder

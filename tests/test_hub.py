@@ -187,6 +187,8 @@ def test_save_pretrained_writes_card_and_config(tmp_path: Path) -> None:
     assert card.startswith("---\nlicense: apache-2.0\nlibrary_name: guardnet\n")
     written = json.loads((tmp_path / "default" / "config.json").read_text())
     assert {k: v for k, v in written.items() if k != "weights_sha256"} == TINY_CONFIG
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "default").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"]  # not owner-only
 
 
 def test_save_pretrained_rejects_config_that_does_not_rebuild_the_model(tmp_path: Path) -> None:
