@@ -267,7 +267,7 @@ def _saveable_state(model: nn.Module) -> dict[str, Tensor]:
 def _stored_as_float16(state: dict[str, Tensor], keys: Collection[str]) -> dict[str, Tensor]:
     """``state`` with ``keys`` cast to float16, refusing keys that would not survive the cast."""
     keys = {keys} if isinstance(keys, str) else set(keys)  # one key given as a bare string
-    unknown = sorted(set(keys) - set(state))
+    unknown = sorted(keys - state.keys())
     if unknown:
         raise WeightsError(f"float16_keys names keys the model does not have: {_listed(unknown)}")
     not_float = sorted(key for key in keys if not state[key].is_floating_point())
