@@ -13,9 +13,12 @@ from guardnet.nets.contranet import (
     ContraNetDMM,
     ContraNetEncoder,
     ContraNetGenerator,
+    ResNetFeatures,
     build_contranet,
 )
+from guardnet.nets.contranet.dmm import build_feature_extractor
 from guardnet.nets.contranet.encoder import _WholeMapConv
+from guardnet.nets.resnet_cifar import CifarResNet
 
 pytestmark = pytest.mark.usefixtures("flush_denormals")
 
@@ -123,7 +126,7 @@ def test_dmm_class_conditional_layer_matches_per_sample_reference() -> None:
     assert dmm.fc1.weight.shape == (5, 2 * dmm.feature_dim, cfg.dmm_hidden)
 
 
-@pytest.mark.parametrize("backbone", ["cnn", "mobilenet_v2"])
+@pytest.mark.parametrize("backbone", ["cnn", "mobilenet_v2", "resnet20"])
 def test_dmm_shared_inputs_match_repeated_inputs(backbone: str) -> None:
     """``x_index`` (F_real embeds each shared input once) gives the logits and gradients of
     repeating the inputs, also in train mode: a batch where every input appears twice has the
@@ -171,12 +174,61 @@ def test_dmm_shared_inputs_match_repeated_inputs(backbone: str) -> None:
         ({"dmm_width": 0}, "dmm_width"),
         ({"dmm_last_conv": "yes"}, "dmm_last_conv"),
         ({"label_in_stem": 1}, "label_in_stem"),
+        ({"dmm_backbone": "resnet20", "dmm_input_mean": (0.5,) * 3}, "go together"),
+        ({"dmm_input_mean": (0.5,) * 3, "dmm_input_std": (0.2,) * 3}, "'resnet20' DMM backbone"),
+        (
+            {"dmm_backbone": "resnet20", "dmm_input_mean": (0.5,), "dmm_input_std": (0.2,)},
+            r"dmm_input_mean must hold 3 finite numbers",
+        ),
+        (
+            {"dmm_backbone": "resnet20", "dmm_input_mean": (0.5,) * 3, "dmm_input_std": (0,) * 3},
+            r"dmm_input_std must be > 0",
+        ),
+        (
+            {
+                "dmm_backbone": "resnet20",
+                "dmm_input_mean": (0.5, 0.5, float("nan")),
+                "dmm_input_std": (0.2,) * 3,
+            },
+            "finite",
+        ),
     ],
 )
 def test_config_validation(kwargs: dict, match: str) -> None:
     base = {"num_classes": 10, "in_channels": 3}
     with pytest.raises(ValueError, match=match):
         ContraNetConfig(**{**base, **kwargs})
+
+
+def test_resnet_features_start_as_the_classifier_they_copy() -> None:
+    """F(x) from a copied ResNet20 trunk, then the classifier's last layer, is the classifier on
+    the [0, 1] image normalised as it was trained: the fixed input map is exact."""
+    torch.manual_seed(0)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    classifier = CifarResNet(20, 7, width=8).eval()
+    for bn in (m for m in classifier.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)  # non-trivial statistics are copied too
+        bn.running_var.uniform_(0.5, 2.0)
+    cfg = ContraNetConfig(
+        num_classes=7, in_channels=3, dmm_backbone="resnet20", dmm_width=0.5,
+        dmm_input_mean=list(mean), dmm_input_std=list(std),
+    )  # fmt: skip
+    assert cfg.dmm_input_mean == mean  # lists from a JSON config become tuples
+    assert ContraNetConfig(**{**cfg.__dict__, "dmm_input_mean": list(mean)}) == cfg
+    dmm = ContraNetDMM(cfg).eval()
+    assert isinstance(dmm.f_real, ResNetFeatures) and dmm.feature_dim == 32
+    # The normalisation is derived from the config, so it is not in the weights.
+    assert not any(k.endswith(("scale", "shift")) for k in dmm.state_dict())
+    dmm.f_real.load_classifier_trunk(classifier)
+    images = torch.rand(4, 3, 32, 32)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        copied = classifier.linear(dmm.f_real(images * 2 - 1))
+        torch.testing.assert_close(copied, classifier((images - m) / s), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="does not match the DMM's ResNet20 trunk"):
+        dmm.f_real.load_classifier_trunk(CifarResNet(20, 7, width=16))
+    with pytest.raises(ValueError, match="resnet20' backbone only"):
+        build_feature_extractor("cnn", in_channels=3, width=1.0, mean=mean, std=std)
 
 
 def test_config_presets_and_frozen() -> None:

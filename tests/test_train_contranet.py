@@ -19,11 +19,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from guardnet.errors import CheckpointError
-from guardnet.nets.contranet import ContraNet, ContraNetConfig
+from guardnet.guard import Normalize
+from guardnet.nets.contranet import ContraNet, ContraNetConfig, to_unit_range
+from guardnet.nets.resnet_cifar import CifarResNet
 from guardnet.train.classifier import latest_checkpoint, load_checkpoint
 from guardnet.train.contranet import (
     ContraNetTrainSettings,
     _Dist,
+    _dmm_init_from,
     _supcon_cross_modal,
     _Trainer,
     contranet_from_checkpoint,
@@ -306,6 +309,73 @@ class TestTraining:
         longer = dataclasses.replace(ce, dmm_pretrain_epochs=4)
         resumed = train_contranet(TINY, x, y, settings=longer, run_dir=tmp_path, **kwargs)
         assert [r["stage"] for r in resumed.history].count("dmm_pretrain") == 4
+
+    def test_dmm_can_start_from_the_classifier(self, tmp_path) -> None:
+        x, y = data(16)
+        mean, std = (0.45,), (0.3,)
+        cfg = dataclasses.replace(
+            TINY, dmm_backbone="resnet20", dmm_width=0.25, dmm_input_mean=mean, dmm_input_std=std
+        )
+        torch.manual_seed(3)
+        network = CifarResNet(20, 4, in_channels=1, width=4).eval()
+        classify = nn.Sequential(Normalize(mean, std), network).eval()
+        settings = ContraNetTrainSettings(
+            gan_epochs=1, dis_epochs=0, dmm_pretrain_epochs=1, dmm_epochs=1, batch_size=8,
+            dmm_pretrain_loss="ce", dmm_pretrain_adversarial=True, dmm_init_from_classifier=True,
+        )  # fmt: skip
+        kwargs = dict(settings=settings, classify=classify, progress=False, log=None)
+        with pytest.raises(ValueError, match=r"needs the classifier's network \(dmm_init\)"):
+            train_contranet(cfg, x, y, **kwargs)
+        with pytest.raises(ValueError, match="dmm_backbone 'resnet20'"):
+            train_contranet(TINY, x, y, dmm_init=network, **kwargs)
+        with pytest.raises(ValueError, match="does not match the DMM's ResNet20 trunk"):
+            wide = CifarResNet(20, 4, in_channels=1, width=8)
+            train_contranet(cfg, x, y, dmm_init=wide, **kwargs)
+        # Before the first DMM epoch, F_real + its class head is the classifier.
+        trainer = _Trainer(
+            cfg, settings, x, y, classify, torch.device("cpu"), _Dist(), False, dmm_init=network
+        )
+        trainer.history = [{"stage": "gan"}]
+        trainer.start_dmm_from_classifier()
+        with torch.no_grad():
+            inputs = to_unit_range(x)  # padded to 32x32 in [-1, 1]
+            heads = trainer.class_heads
+            assert heads is not None
+            pairs = ((trainer.dmm.f_real, heads.real), (trainer.dmm.f_syn, heads.syn))
+            for extractor, head in pairs:
+                extractor.eval()
+                torch.testing.assert_close(
+                    head(extractor(inputs)), classify((inputs + 1) / 2), atol=1e-5, rtol=1e-5
+                )
+        # Once a DMM epoch has run, its weights are the run's own: no second copy.
+        for param in trainer.dmm.f_real.parameters():
+            param.data.zero_()
+        trainer.history.append({"stage": "dmm_pretrain"})
+        trainer.start_dmm_from_classifier()
+        assert all(not p.any() for p in trainer.dmm.f_real.parameters())
+        # The whole run: it trains from there, and the classifier passed in is not touched.
+        before = {k: v.clone() for k, v in network.state_dict().items()}
+        result = train_contranet(cfg, x, y, dmm_init=network, run_dir=tmp_path, **kwargs)
+        assert [r["stage"] for r in result.history] == ["gan", "dmm_pretrain", "dmm"]
+        assert all(torch.equal(v, network.state_dict()[k]) for k, v in before.items())
+        trunk = result.model.dmm.f_real.net.state_dict()
+        assert any(not torch.equal(v, before[k]) for k, v in trunk.items() if v.is_floating_point())
+
+    def test_dmm_init_takes_the_classifier_normalisation(self) -> None:
+        network = CifarResNet(20, 4, in_channels=1, width=4)
+        pipeline = nn.Sequential(Normalize((0.45,), (0.3,)), network)
+        meta = {"mean": [0.45], "std": [0.3]}
+        cfg = dataclasses.replace(TINY, dmm_backbone="resnet20")
+        filled, net = _dmm_init_from(pipeline, meta, cfg, "clf")
+        assert net is network
+        assert (filled.dmm_input_mean, filled.dmm_input_std) == ((0.45,), (0.3,))
+        assert _dmm_init_from(pipeline, meta, filled, "clf")[0] == filled
+        other = dataclasses.replace(cfg, dmm_input_mean=(0.5,), dmm_input_std=(0.3,))
+        with pytest.raises(ValueError, match="differ from classifier 'clf'"):
+            _dmm_init_from(pipeline, meta, other, "clf")
+        # A classifier without normalisation reads [0, 1] images: mean 0, std 1.
+        plain, net = _dmm_init_from(network, {}, cfg, "clf")
+        assert net is network and (plain.dmm_input_mean, plain.dmm_input_std) == ((0.0,), (1.0,))
 
     def test_the_pretraining_loss_does_not_change_initial_weights(self) -> None:
         x, y = data(8)

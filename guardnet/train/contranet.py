@@ -19,7 +19,9 @@ skips it):
 3. ``dmm_pretrain``: F_real and F_syn with a cross-modal metric loss, the authors' triplet loss
    (batch-hard mining on class labels) or a supervised contrastive one, or as classifiers
    through linear heads used only here (``"ce"``); with ``supcon`` and ``ce`` optionally with
-   PGD copies of the classifier as extra F_real inputs of their true class; ``dmm``: the whole DMM
+   PGD copies of the classifier as extra F_real inputs of their true class (with the
+   ``"resnet20"`` backbone, F_real and F_syn may start as copies of a ResNet20 classifier:
+   ``dmm_init_from_classifier``); ``dmm``: the whole DMM
    with cross-entropy on (x, G(E(x), y)) positive vs
    (x, G(E(x), y_wrong)) negative, plus (x_adv, G(E(x_adv), y_true)) positive and
    (x_adv, G(E(x_adv), y_adv)) negative.
@@ -61,6 +63,7 @@ from guardnet.nets.contranet import (
     ContraNet,
     ContraNetConfig,
     ContraNetDiscriminator,
+    ResNetFeatures,
     ssim_scores,
     to_unit_range,
 )
@@ -92,6 +95,7 @@ _STAGE_ONLY_SETTINGS = {
     "triplet_margin": "dmm_pretrain",
     "supcon_temperature": "dmm_pretrain",
     "dmm_pretrain_adversarial": "dmm_pretrain",
+    "dmm_init_from_classifier": "dmm_pretrain",
 }
 
 
@@ -135,6 +139,13 @@ class ContraNetTrainSettings:
             its true class (``supcon`` and ``ce``). The DMM can only flag ``(x_adv, y_adv)``
             if F_real still sees x_adv's true class, and attacks on the classifier transfer
             to a net trained on clean images alone.
+        dmm_init_from_classifier: start F_real and F_syn (and the ``ce`` class heads) from
+            the protected classifier's weights when the first DMM epoch begins, instead of
+            from random ones. Needs the ``"resnet20"`` DMM backbone with the classifier's
+            input normalisation, and a CIFAR ResNet20 classifier (``dmm_init`` of
+            :func:`train_contranet`). F_real then starts as accurate on clean images as the
+            classifier, and ``dmm_pretrain_adversarial`` only has to teach it to read the
+            classifier's adversarial examples.
         seed: seed of everything random.
         log_every: seconds between progress-bar redraws when stderr is not a terminal.
     """
@@ -165,6 +176,7 @@ class ContraNetTrainSettings:
     triplet_margin: float = 0.2
     supcon_temperature: float = 0.1
     dmm_pretrain_adversarial: bool = False
+    dmm_init_from_classifier: bool = False
     seed: int = 0
     log_every: float = 60.0
 
@@ -462,10 +474,13 @@ class _Trainer:
         device: torch.device,
         ctx: _Dist,
         progress: bool,
+        *,
+        dmm_init: nn.Module | None = None,
     ) -> None:
         self.config, self.s, self.ctx, self.device = config, settings, ctx, device
         self.images, self.labels = images, labels
         self.classify = classify
+        self.dmm_init = dmm_init
         self.progress = progress
         torch.manual_seed(settings.seed)
         net = ContraNet.from_config(config)
@@ -803,9 +818,25 @@ class _Trainer:
             totals.add(loss_dis=loss, acc_dis=correct)
         return totals.mean()
 
+    def start_dmm_from_classifier(self) -> None:
+        """With ``dmm_init_from_classifier``, before the first DMM epoch: copy the classifier."""
+        if not self.s.dmm_init_from_classifier or any(
+            r["stage"] in ("dmm_pretrain", "dmm") for r in self.history
+        ):
+            return
+        if self.dmm_init is None:
+            raise ValueError("dmm_init_from_classifier needs the classifier's network (dmm_init)")
+        for extractor in (self.dmm.f_real, self.dmm.f_syn):
+            extractor.load_classifier_trunk(self.dmm_init)  # type: ignore[operator]
+        if self.class_heads is not None:
+            # The heads then start as the classifier's last layer: F_real + head = classifier.
+            for head in (self.class_heads.real, self.class_heads.syn):
+                head.load_state_dict(self.dmm_init.linear.state_dict(), strict=True)  # type: ignore[union-attr]
+
     def run_dmm_pretrain(self, desc: str) -> dict[str, Tensor]:
         ctx, dev = self.ctx, self.device
         self._frozen_rebuilder()
+        self.start_dmm_from_classifier()
         pair = _Features(self.dmm.f_real, self.dmm.f_syn)
         heads = self.class_heads
         features = _wrap(pair if heads is None else _HeadedFeatures(pair, heads), ctx, dev)
@@ -852,6 +883,7 @@ class _Trainer:
     def run_dmm(self, desc: str) -> dict[str, Tensor]:
         ctx, dev = self.ctx, self.device
         self._frozen_rebuilder()
+        self.start_dmm_from_classifier()
         dmm = _wrap(self.dmm, ctx, dev)
         self.dmm.train()
         opt = self.optimizers["dmm"]
@@ -945,6 +977,7 @@ def train_contranet(
     *,
     settings: ContraNetTrainSettings | None = None,
     classify: Callable[[Tensor], Tensor] | None = None,
+    dmm_init: nn.Module | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
     device: str | torch.device = "cpu",
@@ -963,6 +996,10 @@ def train_contranet(
             examples of the ``dis`` and ``dmm`` stages (``None``: no adversarial examples) and
             of ``dmm_pretrain`` with ``dmm_pretrain_adversarial`` (which then needs it). It
             must already be in eval mode on ``device``.
+        dmm_init: with ``settings.dmm_init_from_classifier``, the classifier's network: a
+            :class:`~guardnet.nets.resnet_cifar.CifarResNet` of depth 20 taking images
+            normalised with the config's ``dmm_input_mean`` and ``dmm_input_std``, whose
+            weights start the DMM's extractors (it is only read).
         run_dir: folder for checkpoints and ``train_log.jsonl`` (``None``: keep nothing).
         resume: continue after the newest checkpoint in ``run_dir``.
         device: where to train; under ``torchrun`` with CUDA each rank uses ``LOCAL_RANK``.
@@ -973,8 +1010,10 @@ def train_contranet(
         A :class:`ContraNetTrainResult` with the inference :class:`ContraNet` (CPU, eval).
 
     Raises:
-        ValueError: images and labels disagree, a label is out of range, or
-            ``dmm_pretrain_adversarial`` is set without ``classify``.
+        ValueError: images and labels disagree, a label is out of range,
+            ``dmm_pretrain_adversarial`` is set without ``classify``, or
+            ``dmm_init_from_classifier`` without ``dmm_init``, the ``"resnet20"`` backbone or
+            a classifier that matches it.
         CheckpointError: resuming from a checkpoint of another configuration.
     """
     settings = settings or ContraNetTrainSettings()
@@ -991,12 +1030,34 @@ def train_contranet(
         )
     if settings.dmm_pretrain_adversarial and settings.dmm_pretrain_epochs and classify is None:
         raise ValueError("dmm_pretrain_adversarial needs the classifier (classify) to attack")
+    if settings.dmm_init_from_classifier:
+        if config.dmm_backbone != "resnet20":
+            raise ValueError(
+                "dmm_init_from_classifier needs ContraNetConfig.dmm_backbone 'resnet20', got "
+                f"{config.dmm_backbone!r}"
+            )
+        if dmm_init is None:
+            raise ValueError("dmm_init_from_classifier needs the classifier's network (dmm_init)")
+        # Fail now, not hours later when the DMM stages begin.
+        ResNetFeatures(
+            config.in_channels, max(1, round(16 * config.dmm_width))
+        ).load_classifier_trunk(dmm_init)
+        if not isinstance(getattr(dmm_init, "linear", None), nn.Linear) or (
+            dmm_init.linear.out_features != config.num_classes
+        ):
+            raise ValueError(
+                f"dmm_init must end in a linear layer `linear` to {config.num_classes} classes"
+            )
     device = torch.device(device)
     ctx, device = _setup_distributed(device)
     if device.type == "cpu":
         # Denormals from randomly initialised nets make CPU kernels many times slower.
         torch.set_flush_denormal(True)
-    trainer = _Trainer(config, settings, images, labels, classify, device, ctx, progress)
+    if dmm_init is not None:
+        dmm_init = copy.deepcopy(dmm_init).to(device)
+    trainer = _Trainer(
+        config, settings, images, labels, classify, device, ctx, progress, dmm_init=dmm_init
+    )
     out = Path(run_dir) if run_dir is not None else None
     first = 0
     schedule = settings.schedule()
@@ -1114,6 +1175,27 @@ def _load_classifier(name_or_path: str, device: torch.device) -> tuple[Callable,
     return pipeline, config
 
 
+def _dmm_init_from(
+    pipeline: nn.Module, classifier_config: Mapping[str, Any], config: ContraNetConfig, name: str
+) -> tuple[ContraNetConfig, nn.Module]:
+    """The classifier's network for ``dmm_init_from_classifier``, and the config with its
+    input normalisation (``dmm_input_mean``/``dmm_input_std``, which must agree if given)."""
+    mean, std = classifier_config.get("mean"), classifier_config.get("std")
+    network = pipeline[1] if mean is not None else pipeline  # _load_classifier's pipeline
+    if mean is None:  # a classifier on [0, 1] images: mean 0, std 1
+        mean, std = [0.0] * config.in_channels, [1.0] * config.in_channels
+    wanted = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+    if config.dmm_input_mean is None:
+        config = dataclasses.replace(config, dmm_input_mean=wanted[0], dmm_input_std=wanted[1])
+    elif (config.dmm_input_mean, config.dmm_input_std) != wanted:
+        raise ValueError(
+            f"dmm_input_mean/dmm_input_std {config.dmm_input_mean}/{config.dmm_input_std} "
+            f"differ from classifier {name!r}'s normalisation {wanted[0]}/{wanted[1]}, which "
+            "the extractors it initialises need"
+        )
+    return config, network
+
+
 def run_contranet_training(
     *,
     dataset: str,
@@ -1174,6 +1256,7 @@ def run_contranet_training(
     train = load_split(info.name, "train", root=root, limit=limit)
     classify = None
     classifier_config: dict[str, Any] = {}
+    dmm_init = None
     if classifier is not None:
         classify, classifier_config = _load_classifier(classifier, run_on)
         if classifier_config.get("num_classes", info.num_classes) != info.num_classes:
@@ -1181,12 +1264,17 @@ def run_contranet_training(
                 f"classifier {classifier!r} has {classifier_config.get('num_classes')} classes, "
                 f"{info.display_name} has {info.num_classes}"
             )
+    if settings.dmm_init_from_classifier:
+        if classify is None:
+            raise ValueError("dmm_init_from_classifier needs --classifier")
+        config, dmm_init = _dmm_init_from(classify, classifier_config, config, classifier)
     result = train_contranet(
         config,
         train.images,
         train.labels,
         settings=settings,
         classify=classify,
+        dmm_init=dmm_init,
         run_dir=out,
         resume=resume,
         device=run_on,

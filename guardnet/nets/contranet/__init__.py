@@ -11,7 +11,7 @@ from torch import nn
 
 from guardnet.nets.contranet.config import ContraNetConfig
 from guardnet.nets.contranet.discriminator import ContraNetDiscriminator
-from guardnet.nets.contranet.dmm import ClassConditionalLinear, ContraNetDMM
+from guardnet.nets.contranet.dmm import ClassConditionalLinear, ContraNetDMM, ResNetFeatures
 from guardnet.nets.contranet.encoder import ContraNetEncoder
 from guardnet.nets.contranet.generator import ContraNetGenerator
 from guardnet.nets.contranet.model import (
@@ -31,6 +31,7 @@ __all__ = [
     "ContraNetDiscriminator",
     "ContraNetEncoder",
     "ContraNetGenerator",
+    "ResNetFeatures",
     "build_contranet",
     "from_unit_range",
     "ssim_scores",

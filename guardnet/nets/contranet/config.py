@@ -6,11 +6,12 @@ Examples Based on Semantic Contradiction", NDSS 2022.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 __all__ = ["DMM_BACKBONES", "ContraNetConfig"]
 
-DMM_BACKBONES = ("mobilenet_v2", "cnn")
+DMM_BACKBONES = ("mobilenet_v2", "cnn", "resnet20")
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,22 @@ class ContraNetConfig:
         label_in_stem: also feed G's shared class embedding to its input linear (the 4x4 map
             that sets the layout), not only to the up-blocks' CBN gains and biases, so the
             label can shape the layout too. Off in the paper's design and the shipped weights.
-        dmm_backbone: DMM feature extractor, ``"mobilenet_v2"`` or ``"cnn"``.
+        dmm_backbone: DMM feature extractor, ``"mobilenet_v2"``, ``"cnn"`` or ``"resnet20"``
+            (the CIFAR ResNet20 trunk, whose weights can start from a ResNet20 classifier's:
+            ``ContraNetTrainSettings.dmm_init_from_classifier``).
         dmm_width: MobileNetV2 ``width_mult``, or for ``"cnn"`` the multiplier of its base
-            width of 32 channels.
+            width of 32 channels, or for ``"resnet20"`` of its first stage's 16 channels.
         dmm_last_conv: keep MobileNetV2's final 1x1 conv (to ``1280 * max(1, dmm_width)``
             channels, as in torchvision). Without it the pooled feature is the last inverted
             residual block's output (``320 * dmm_width`` rounded to 8), which shrinks the
             class-conditional first layer (``num_classes * 2 * dim * dmm_hidden`` weights)
             about 16x at width 0.25. Ignored by ``"cnn"``.
         dmm_hidden: output width of the DMM's class-conditional first layer (paper: 512).
+        dmm_input_mean: per-channel mean that the ``"resnet20"`` extractors subtract from
+            their [0, 1] input (they map ContraNet's [-1, 1] images to [0, 1] first), so that
+            they see images as a classifier trained with this normalisation does. ``None``
+            with ``dmm_input_std`` ``None``: mean 0.5, std 0.5 (the [-1, 1] images as given).
+        dmm_input_std: the matching per-channel standard deviation.
         encoder_features: channels of the encoder's last (4x4 valid) convolution.
 
     Raises:
@@ -66,6 +74,8 @@ class ContraNetConfig:
     dmm_last_conv: bool = False
     dmm_hidden: int = 512
     encoder_features: int = 512
+    dmm_input_mean: tuple[float, ...] | None = None
+    dmm_input_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
@@ -120,6 +130,36 @@ class ContraNetConfig:
             )
         if not isinstance(self.dmm_width, (int, float)) or not self.dmm_width > 0:
             raise ValueError(f"ContraNetConfig.dmm_width must be > 0, got {self.dmm_width!r}")
+        self._check_dmm_normalisation()
+
+    def _check_dmm_normalisation(self) -> None:
+        mean, std = self.dmm_input_mean, self.dmm_input_std
+        if (mean is None) != (std is None):
+            raise ValueError(
+                "ContraNetConfig.dmm_input_mean and dmm_input_std go together, got "
+                f"mean={mean!r}, std={std!r}"
+            )
+        if mean is None:
+            return
+        if self.dmm_backbone != "resnet20":
+            raise ValueError(
+                "ContraNetConfig.dmm_input_mean/dmm_input_std apply to the 'resnet20' DMM "
+                f"backbone only, got dmm_backbone={self.dmm_backbone!r}"
+            )
+        for name, values in (("dmm_input_mean", mean), ("dmm_input_std", std)):
+            if (
+                not isinstance(values, (list, tuple))
+                or len(values) != self.in_channels
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+            ):
+                raise ValueError(
+                    f"ContraNetConfig.{name} must hold {self.in_channels} finite numbers (one "
+                    f"per channel), got {values!r}"
+                )
+            # JSON configs give lists: store tuples so that configs compare equal.
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        if not all(v > 0 for v in std):
+            raise ValueError(f"ContraNetConfig.dmm_input_std must be > 0, got {std!r}")
 
     @property
     def chunk_size(self) -> int:

@@ -15,8 +15,9 @@ from torch import Tensor, nn
 from torchvision.models import mobilenet_v2
 
 from guardnet.nets.contranet.config import ContraNetConfig
+from guardnet.nets.resnet_cifar import CifarResNet
 
-__all__ = ["ClassConditionalLinear", "ContraNetDMM", "build_feature_extractor"]
+__all__ = ["ClassConditionalLinear", "ContraNetDMM", "ResNetFeatures", "build_feature_extractor"]
 
 
 def _mobilenet_features(
@@ -51,20 +52,95 @@ def _cnn_features(in_channels: int, width: float) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), cin
 
 
+class ResNetFeatures(nn.Module):
+    """CIFAR ResNet20 trunk, average pooled, on ContraNet's [-1, 1] images.
+
+    The input is mapped to [0, 1] and normalised with ``mean`` and ``std`` (a fixed affine
+    map, not a weight), so the trunk sees what a classifier trained with that normalisation
+    sees, and :meth:`load_classifier_trunk` can start it from such a classifier.
+
+    Args:
+        in_channels: image channels.
+        width: channels of the first stage (the later stages have 2x and 4x).
+        mean: per-channel mean on [0, 1] images (``None``: 0.5, i.e. the [-1, 1] input as is).
+        std: per-channel standard deviation (``None``: 0.5).
+
+    Shape:
+        - Input: (B, in_channels, 32, 32) in [-1, 1].
+        - Output: (B, 4 * width).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        *,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        m = torch.tensor(mean if mean is not None else (0.5,) * in_channels)
+        s = torch.tensor(std if std is not None else (0.5,) * in_channels)
+        # ((x + 1) / 2 - m) / s as one multiply-add; derived from the config, so not saved.
+        self.register_buffer("scale", (0.5 / s).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("shift", ((0.5 - m) / s).view(1, -1, 1, 1), persistent=False)
+        self.net = CifarResNet(20, 1, in_channels=in_channels, width=width)
+        self.net.linear = nn.Identity()  # the trunk's forward then returns the pooled features
+        self.out_features = 4 * width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(torch.addcmul(self.shift, x, self.scale))
+
+    def load_classifier_trunk(self, classifier: nn.Module) -> None:
+        """Copy a CIFAR ResNet20 classifier's weights up to its pooled features.
+
+        Args:
+            classifier: a :class:`~guardnet.nets.resnet_cifar.CifarResNet` of depth 20 and
+                this trunk's width and input channels (its ``linear`` layer is not copied).
+
+        Raises:
+            ValueError: the classifier's weights do not match this trunk's, key for key.
+        """
+        state = {k: v for k, v in classifier.state_dict().items() if not k.startswith("linear.")}
+        try:
+            self.net.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                "the classifier does not match the DMM's ResNet20 trunk (depth 20, first stage "
+                f"width {self.out_features // 4}, {self.net.conv1.in_channels} input channels): "
+                f"{error}"
+            ) from None
+
+
 def build_feature_extractor(
-    backbone: str, *, in_channels: int, width: float, last_conv: bool = True
+    backbone: str,
+    *,
+    in_channels: int,
+    width: float,
+    last_conv: bool = True,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> tuple[nn.Module, int]:
     """Build a DMM feature extractor.
 
     Args:
-        backbone: ``"mobilenet_v2"`` (torchvision, random init, adapted to 32x32) or ``"cnn"``.
+        backbone: ``"mobilenet_v2"`` (torchvision, random init, adapted to 32x32), ``"cnn"``
+            or ``"resnet20"`` (:class:`ResNetFeatures`).
         in_channels: image channels.
-        width: MobileNetV2 ``width_mult`` or the CNN's width multiplier.
-        last_conv: keep MobileNetV2's final 1x1 conv (ignored by ``"cnn"``).
+        width: MobileNetV2 ``width_mult``, the CNN's width multiplier, or the multiplier of
+            ResNet20's 16 first-stage channels.
+        last_conv: keep MobileNetV2's final 1x1 conv (ignored by the others).
+        mean: ``"resnet20"`` only: per-channel input mean on [0, 1] images.
+        std: ``"resnet20"`` only: per-channel input standard deviation.
 
     Returns:
         The module mapping (B, in_channels, 32, 32) to (B, dim), and ``dim``.
     """
+    if backbone == "resnet20":
+        features = ResNetFeatures(in_channels, max(1, round(16 * width)), mean=mean, std=std)
+        return features, features.out_features
+    if mean is not None or std is not None:
+        raise ValueError(f"input mean/std apply to the 'resnet20' backbone only, not {backbone!r}")
     if backbone == "mobilenet_v2":
         return _mobilenet_features(in_channels, width, last_conv=last_conv)
     if backbone == "cnn":
@@ -101,7 +177,8 @@ class ContraNetDMM(nn.Module):
 
     Args:
         config: the ContraNet sizes (uses ``dmm_backbone``, ``dmm_width``, ``dmm_hidden``,
-            ``dmm_last_conv``, ``in_channels``, ``num_classes``).
+            ``dmm_last_conv``, ``dmm_input_mean``, ``dmm_input_std``, ``in_channels``,
+            ``num_classes``).
 
     Shape:
         - Input: ``x`` and ``x_rebuilt`` (B, in_channels, 32, 32), ``y`` (B,) labels.
@@ -117,6 +194,8 @@ class ContraNetDMM(nn.Module):
                 in_channels=config.in_channels,
                 width=config.dmm_width,
                 last_conv=config.dmm_last_conv,
+                mean=config.dmm_input_mean,
+                std=config.dmm_input_std,
             )
 
         self.f_real, dim = extractor()
