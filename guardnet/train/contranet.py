@@ -63,10 +63,10 @@ from guardnet.nets.contranet import (
     ContraNet,
     ContraNetConfig,
     ContraNetDiscriminator,
-    ResNetFeatures,
     ssim_scores,
     to_unit_range,
 )
+from guardnet.nets.contranet.dmm import build_feature_extractor
 from guardnet.train.classifier import (
     LOG_NAME,
     _write_log,
@@ -1038,10 +1038,11 @@ def train_contranet(
             )
         if dmm_init is None:
             raise ValueError("dmm_init_from_classifier needs the classifier's network (dmm_init)")
-        # Fail now, not hours later when the DMM stages begin.
-        ResNetFeatures(
-            config.in_channels, max(1, round(16 * config.dmm_width))
-        ).load_classifier_trunk(dmm_init)
+        # Fail now, not hours later when the DMM stages begin: a trunk built as the DMM's is.
+        trunk, _ = build_feature_extractor(
+            "resnet20", in_channels=config.in_channels, width=config.dmm_width
+        )
+        trunk.load_classifier_trunk(dmm_init)  # type: ignore[operator]
         if not isinstance(getattr(dmm_init, "linear", None), nn.Linear) or (
             dmm_init.linear.out_features != config.num_classes
         ):
