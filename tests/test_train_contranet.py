@@ -115,6 +115,8 @@ class TestHelpers:
             ContraNetTrainSettings(
                 dmm_pretrain_adversarial=True, dmm_pretrain_loss="supcon", adv_eps=()
             )
+        with pytest.raises(ValueError, match=r"dmm_augment must be None or one of .*'gtsrb'"):
+            ContraNetTrainSettings(dmm_augment="imagenet")
 
     def test_supcon_matches_its_definition(self) -> None:
         g = torch.Generator().manual_seed(0)
@@ -266,6 +268,49 @@ class TestTraining:
         longer = dataclasses.replace(up_to_dis, dmm_pretrain_epochs=1, dmm_epochs=1)
         with pytest.raises(CheckpointError, match=r"\['dmm_pretrain_loss'\] differ"):
             train_contranet(TINY, x, y, settings=longer, run_dir=tmp_path, **kwargs)
+
+    def test_dmm_augment_changes_only_the_dmm_stages(self, tmp_path) -> None:
+        x, y, kwargs, up_to_dis = run_up_to_dis(tmp_path)
+        dmm = dataclasses.replace(up_to_dis, dmm_pretrain_epochs=1, dmm_epochs=1)
+        plain_dir, augmented_dir = tmp_path / "plain", tmp_path / "augmented"
+        for folder in (plain_dir, augmented_dir):  # both branch from the same dis checkpoint
+            shutil.copytree(tmp_path / "checkpoints", folder / "checkpoints")
+        plain = train_contranet(TINY, x, y, settings=dmm, run_dir=plain_dir, **kwargs)
+        # Free to choose while neither DMM stage has begun.
+        augmented_settings = dataclasses.replace(dmm, dmm_augment="mnist")
+        augmented = train_contranet(
+            TINY, x, y, settings=augmented_settings, run_dir=augmented_dir, **kwargs
+        )
+        assert plain.history[:2] == augmented.history[:2]  # gan and dis come from the checkpoint
+        for stage in (2, 3):
+            key = "loss_triplet" if stage == 2 else "loss_dmm"
+            value = augmented.history[stage][key]
+            assert math.isfinite(value) and value != plain.history[stage][key]
+        assert (
+            plain.model.generator.state_dict().keys()
+            == augmented.model.generator.state_dict().keys()
+        )
+        for a, b in zip(
+            plain.model.generator.state_dict().values(),
+            augmented.model.generator.state_dict().values(),
+            strict=True,
+        ):
+            torch.testing.assert_close(a, b)
+        # The trainer's DMM batches are the plain batches, augmented image by image.
+        trainer = _Trainer(
+            TINY, augmented_settings, x, y, None, torch.device("cpu"), _Dist(), False
+        )
+        torch.manual_seed(0)
+        native, inputs, labels = next(trainer.dmm_batches("t"))
+        assert native.shape == (8, 1, 28, 28) and inputs.shape == (8, 1, 32, 32)
+        torch.testing.assert_close(inputs, to_unit_range(native))
+        trainer.shuffle.manual_seed(0)
+        plain_native, _, plain_labels = next(trainer.batches("t"))
+        assert torch.equal(labels, plain_labels) and not torch.equal(native, plain_native)
+        # Once a DMM stage has run, the augmentation is part of the recipe.
+        longer = dataclasses.replace(dmm, dmm_epochs=2)
+        with pytest.raises(CheckpointError, match=r"\['dmm_augment'\] differ"):
+            train_contranet(TINY, x, y, settings=longer, run_dir=augmented_dir, **kwargs)
 
     def test_adversarial_pretraining_embeds_attacked_copies(self, tmp_path) -> None:
         x, y = data()

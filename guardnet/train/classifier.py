@@ -47,6 +47,7 @@ from guardnet.data import dataset_info, load_split
 from guardnet.errors import CheckpointError, WeightsError
 
 __all__ = [
+    "AUGMENTED_DATASETS",
     "CHECKPOINT_DIR",
     "LOG_NAME",
     "CheckpointError",
@@ -149,6 +150,10 @@ _AUGMENTATION_NOTES = {
         "ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, p=0.8); no flips"
     ),
 }
+
+
+# The dataset names with a standard augmentation (:func:`default_augmentation`).
+AUGMENTED_DATASETS = tuple(_AUGMENTATION_NOTES)
 
 
 def default_augmentation(dataset: str) -> nn.Module | None:

@@ -68,8 +68,10 @@ from guardnet.nets.contranet import (
 )
 from guardnet.nets.contranet.dmm import build_feature_extractor
 from guardnet.train.classifier import (
+    AUGMENTED_DATASETS,
     LOG_NAME,
     _write_log,
+    default_augmentation,
     latest_checkpoint,
     load_checkpoint,
     resolve_device,
@@ -88,14 +90,16 @@ __all__ = [
 
 STAGES = ("gan", "aux", "dis", "dmm_pretrain", "dmm")
 PRETRAIN_LOSSES = ("triplet", "supcon", "ce")
-# Settings read by one stage only: a resumed run may change them until that stage has begun
-# (e.g. branch a finished generator into another DMM recipe).
-_STAGE_ONLY_SETTINGS = {
-    "dmm_pretrain_loss": "dmm_pretrain",
-    "triplet_margin": "dmm_pretrain",
-    "supcon_temperature": "dmm_pretrain",
-    "dmm_pretrain_adversarial": "dmm_pretrain",
-    "dmm_init_from_classifier": "dmm_pretrain",
+# Settings read by the DMM stages only: a resumed run may change them until the first of the
+# listed stages has begun (e.g. branch a finished generator into another DMM recipe).
+_DMM_STAGES = ("dmm_pretrain", "dmm")
+_STAGE_ONLY_SETTINGS: dict[str, tuple[str, ...]] = {
+    "dmm_pretrain_loss": ("dmm_pretrain",),
+    "triplet_margin": ("dmm_pretrain",),
+    "supcon_temperature": ("dmm_pretrain",),
+    "dmm_pretrain_adversarial": ("dmm_pretrain",),
+    "dmm_init_from_classifier": _DMM_STAGES,
+    "dmm_augment": _DMM_STAGES,
 }
 
 
@@ -146,6 +150,12 @@ class ContraNetTrainSettings:
             :func:`train_contranet`). F_real then starts as accurate on clean images as the
             classifier, and ``dmm_pretrain_adversarial`` only has to teach it to read the
             classifier's adversarial examples.
+        dmm_augment: name of a dataset whose standard classifier augmentation
+            (:func:`~guardnet.train.classifier.default_augmentation`: crops and flips for
+            CIFAR-10, small affine and colour jitter without flips for GTSRB) the two DMM stages
+            apply to each batch before the rebuild and the PGD copies; ``None``: none. Without
+            it F_real sees the same images every epoch and learns them by heart (CIFAR-10 after
+            5 ``ce`` epochs: 92% training against 82% held-out accuracy).
         seed: seed of everything random.
         log_every: seconds between progress-bar redraws when stderr is not a terminal.
     """
@@ -177,6 +187,7 @@ class ContraNetTrainSettings:
     supcon_temperature: float = 0.1
     dmm_pretrain_adversarial: bool = False
     dmm_init_from_classifier: bool = False
+    dmm_augment: str | None = None
     seed: int = 0
     log_every: float = 60.0
 
@@ -211,6 +222,12 @@ class ContraNetTrainSettings:
         if self.dmm_pretrain_adversarial and not (self.adv_eps and self.adv_fraction > 0):
             raise ValueError(
                 "dmm_pretrain_adversarial needs a non-empty adv_eps and adv_fraction > 0"
+            )
+
+        if self.dmm_augment is not None and self.dmm_augment not in AUGMENTED_DATASETS:
+            raise ValueError(
+                f"dmm_augment must be None or one of {AUGMENTED_DATASETS} (the datasets with a "
+                f"standard augmentation), got {self.dmm_augment!r}"
             )
 
     def schedule(self) -> list[tuple[str, int]]:
@@ -510,6 +527,9 @@ class _Trainer:
                 self.class_heads.parameters(), lr=s.lr_dmm
             )
         self.augment = _make_augmentation(config.in_channels).to(device) if s.augment else None
+        self.dmm_augment = (
+            default_augmentation(s.dmm_augment).to(device) if s.dmm_augment is not None else None
+        )
         # Every rank draws the same permutation; noise and attacks differ per rank.
         self.shuffle = torch.Generator().manual_seed(s.seed)
         self.noise = torch.Generator(device=device).manual_seed(s.seed * 1000 + 1 + ctx.rank)
@@ -567,7 +587,7 @@ class _Trainer:
         # of one stage may change while that stage has not begun.
         begun = {entry["stage"] for entry in state["history"]}
         free = {f"{stage}_epochs" for stage in STAGES} | {"log_every"}
-        free |= {k for k, stage in _STAGE_ONLY_SETTINGS.items() if stage not in begun}
+        free |= {k for k, stages in _STAGE_ONLY_SETTINGS.items() if begun.isdisjoint(stages)}
         # Settings added later take their defaults in older checkpoints.
         saved = ContraNetTrainSettings().to_dict() | dict(state["settings"])
         changed = [k for k, v in self.s.to_dict().items() if k not in free and saved[k] != v]
@@ -630,6 +650,14 @@ class _Trainer:
             native = self.images.index_select(0, index).to(self.device, non_blocking=True)
             labels = self.labels.index_select(0, index).to(self.device, non_blocking=True)
             yield native, to_unit_range(native), labels
+
+    def dmm_batches(self, desc: str) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """:meth:`batches` for the DMM stages, augmented with ``dmm_augment`` when it is set."""
+        for native, x, y in self.batches(desc):
+            if self.dmm_augment is not None:
+                native = self.dmm_augment(native)
+                x = to_unit_range(native)
+            yield native, x, y
 
     def wrong(self, labels: Tensor) -> Tensor:
         return wrong_labels(labels, self.config.num_classes, self.noise)
@@ -846,7 +874,7 @@ class _Trainer:
             heads.train()
             opts.append(self.optimizers["class_heads"])
         totals = _Totals(dev)
-        for native, x, y in self.batches(desc):
+        for native, x, y in self.dmm_batches(desc):
             rebuilt = self._rebuild(x, y)
             inputs, input_labels = x, y
             adv = self.adversarial(native, y) if self.s.dmm_pretrain_adversarial else None
@@ -888,7 +916,7 @@ class _Trainer:
         self.dmm.train()
         opt = self.optimizers["dmm"]
         totals = _Totals(dev)
-        for native, x, y in self.batches(desc):
+        for native, x, y in self.dmm_batches(desc):
             inputs, index, labels, consistent, n_adv = self.consistency_pairs(native, x, y)
             target = consistent.long()
             rebuilt = self._rebuild(inputs, labels, index)
