@@ -223,7 +223,6 @@ class ContraNetTrainSettings:
             raise ValueError(
                 "dmm_pretrain_adversarial needs a non-empty adv_eps and adv_fraction > 0"
             )
-
         if self.dmm_augment is not None and self.dmm_augment not in AUGMENTED_DATASETS:
             raise ValueError(
                 f"dmm_augment must be None or one of {AUGMENTED_DATASETS} (the datasets with a "
@@ -583,8 +582,8 @@ class _Trainer:
                 f"the checkpoint was written for ContraNetConfig {saved_config}, this run uses "
                 f"{dataclasses.asdict(self.config)}: use another run folder or resume=False"
             )
-        # Epoch counts may grow (a longer schedule continues); log_every is cosmetic; a setting
-        # of one stage may change while that stage has not begun.
+        # Epoch counts may grow (a longer schedule continues); log_every is cosmetic; a DMM-side
+        # setting may change while none of the stages that read it has begun.
         begun = {entry["stage"] for entry in state["history"]}
         free = {f"{stage}_epochs" for stage in STAGES} | {"log_every"}
         free |= {k for k, stages in _STAGE_ONLY_SETTINGS.items() if begun.isdisjoint(stages)}
