@@ -8,6 +8,11 @@ measured with both splits (``--budget equal runner_up``, either order) gives the
 metrics from the equal shares and the ``*_runner_up_*`` ones, and the card's table, from the
 runner-up split.
 
+Branched or resumed runs need words the exported card cannot write: ``--wall-time`` replaces the
+text of its "Training wall time" bullet, ``--notes FILE`` inserts hand-written Markdown (a "Use"
+section, how the run was branched) before its "## Command" section, so a re-ship does not drop
+them.
+
 Usage:
     python scripts/ship_contranet.py --run runs/contranet-gtsrb --measure \
         benchmarks/results/contranet_gtsrb.json --name contranet-gtsrb \
@@ -38,6 +43,24 @@ def _alone_metrics(prefix: str, alone: dict, budget: str) -> dict[str, float]:
     return metrics
 
 
+def _with_notes(card: str, *, wall_time: str | None, notes: str | None) -> str:
+    """The exported card with its wall-time bullet replaced and hand-written notes inserted."""
+    if wall_time is not None:
+        bullet = "- Training wall time: "
+        lines = card.split("\n")
+        hits = [i for i, line in enumerate(lines) if line.startswith(bullet)]
+        if len(hits) != 1:
+            raise SystemExit(f"--wall-time: the card has {len(hits)} {bullet.strip()!r} bullets")
+        lines[hits[0]] = bullet + wall_time.strip()
+        card = "\n".join(lines)
+    if notes is not None:
+        marker = "\n## Command\n"
+        if card.count(marker) != 1:
+            raise SystemExit("--notes: the card has no single '## Command' section to go before")
+        card = card.replace(marker, f"\n{notes}\n{marker}")
+    return card
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="training run folder (holds model/)")
@@ -46,6 +69,12 @@ def main() -> None:
     parser.add_argument("--measure-command", required=True, help="the measurement command line")
     parser.add_argument(
         "--fpr", type=float, default=None, help="budget for config.json's metrics (default: first)"
+    )
+    parser.add_argument(
+        "--wall-time", default=None, help="text for the card's 'Training wall time' bullet"
+    )
+    parser.add_argument(
+        "--notes", default=None, help="Markdown file inserted before the card's '## Command'"
     )
     args = parser.parse_args()
 
@@ -110,7 +139,11 @@ def main() -> None:
             )
     success = ", ".join(f"{a} {_pct(alone['attacks'][a]['attack_success_rate'])}" for a in attacks)
     budgets = ", ".join(f"{float(b):.0%}" for b in points)
-    card = (target / "README.md").read_text().rstrip("\n")
+    card = _with_notes(
+        (target / "README.md").read_text().rstrip("\n"),
+        wall_time=args.wall_time,
+        notes=Path(args.notes).read_text().strip("\n") if args.notes else None,
+    )
     card += f"""
 
 ## Measured detection ({measured["dataset"]} test, {measured["test_images"]} seeded images)

@@ -25,12 +25,18 @@ def _point(tpr: float, fpr: float) -> dict[str, Any]:
     return {"results": {"contranet": result, "saec+contranet": {**result, "fpr": fpr + 0.01}}}
 
 
-def _ship(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, measured: dict, *extra: str) -> Path:
+def _ship(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    measured: dict,
+    *extra: str,
+    card: str = "# card\n",
+) -> Path:
     """Run the script on a fake run folder and measurement; return the shipped folder."""
     model = tmp_path / "run" / "model"
-    model.mkdir(parents=True)
+    model.mkdir(parents=True, exist_ok=True)
     (model / "config.json").write_text(json.dumps({"dataset": "ds", "metrics": {"ds_val_l2": 0.1}}))
-    (model / "README.md").write_text("# card\n")
+    (model / "README.md").write_text(card)
     measure = tmp_path / "measure.json"
     measure.write_text(json.dumps(measured))
     assets = tmp_path / "assets"
@@ -95,3 +101,44 @@ def test_unmeasured_budget_is_refused(tmp_path, monkeypatch) -> None:
     measured = _measured(equal={"0.05": _point(0.5, 0.048)})
     with pytest.raises(SystemExit, match=r"--fpr 0.03 not measured; the JSON has \['0.05'\]"):
         _ship(tmp_path, monkeypatch, measured, "--fpr", "0.03")
+
+
+EXPORTED_CARD = """# card
+
+- Dataset: ds.
+- Training wall time: 10 s.
+- Licence: Apache-2.0.
+
+## Command
+
+```
+train
+```
+"""
+
+
+def test_notes_and_wall_time_go_into_the_exported_card(tmp_path, monkeypatch) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("\n## Use\n\nCall it.\n\n")
+    measured = _measured(equal={"0.05": _point(0.5, 0.048)})
+    wall_time = "30 s: 20 s kept from the source run,\n  10 s here."
+    options = ["--notes", str(notes), "--wall-time", wall_time]
+    shipped = _ship(tmp_path, monkeypatch, measured, *options, card=EXPORTED_CARD)
+    card = (shipped / "README.md").read_text()
+    assert card.startswith(
+        "# card\n\n- Dataset: ds.\n"
+        "- Training wall time: 30 s: 20 s kept from the source run,\n  10 s here.\n"
+        "- Licence: Apache-2.0.\n\n## Use\n\nCall it.\n\n## Command\n\n```\ntrain\n```\n\n"
+        "## Measured detection"
+    )
+    assert "10 s." not in card
+
+
+def test_notes_without_a_command_section_are_refused(tmp_path, monkeypatch) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Use\n")
+    measured = _measured(equal={"0.05": _point(0.5, 0.048)})
+    with pytest.raises(SystemExit, match="no single '## Command' section"):
+        _ship(tmp_path, monkeypatch, measured, "--notes", str(notes))
+    with pytest.raises(SystemExit, match="the card has 0 '- Training wall time:' bullets"):
+        _ship(tmp_path, monkeypatch, measured, "--wall-time", "5 s")
