@@ -134,7 +134,7 @@ def test_notes_and_wall_time_go_into_the_exported_card(tmp_path, monkeypatch) ->
     assert "10 s." not in card
 
 
-def test_notes_without_a_command_section_are_refused(tmp_path, monkeypatch) -> None:
+def test_notes_or_wall_time_with_nowhere_to_go_are_refused(tmp_path, monkeypatch) -> None:
     notes = tmp_path / "notes.md"
     notes.write_text("## Use\n")
     measured = _measured(equal={"0.05": _point(0.5, 0.048)})
