@@ -172,9 +172,7 @@ def guard_config(guard: GuardedModel, *, include_classifier: bool | None = None)
     for name, layer in guard.layers.items():
         try:
             entry = layer_config(layer)  # type: ignore[arg-type]
-        except NotImplementedError as exc:
-            raise ConfigError(f"cannot save layer {name!r}: {exc}") from exc
-        except ConfigError as exc:
+        except (NotImplementedError, ConfigError) as exc:
             raise ConfigError(f"cannot save layer {name!r}: {exc}") from exc
         layers.append({"name": name, "type": entry.pop("type"), "config": entry})
     normalize = guard.normalize
