@@ -15,6 +15,7 @@ from guardnet.calibration import CalibrationReport, LayerCalibration, threshold_
 from guardnet.errors import (
     CalibrationError,
     CheckpointError,
+    ConfigError,
     DataNotFoundError,
     DeviceMismatchError,
     GuardnetError,
@@ -43,6 +44,7 @@ __all__ = [
     "CalibrationError",
     "CalibrationReport",
     "CheckpointError",
+    "ConfigError",
     "ContraNetLayer",
     "DataNotFoundError",
     "DeviceMismatchError",

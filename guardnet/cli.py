@@ -225,7 +225,8 @@ def _recipe_guards(args: argparse.Namespace) -> list[tuple[str, Any, tuple[int, 
 
     out = []
     for spec in args.guard or []:
-        guard, recipe = build_guard(spec, device=args.device)
+        guard = build_guard(spec, device=args.device)
+        recipe = guard.recipe
         fixture = "cifar10" if recipe.dataset.startswith("cifar10") else recipe.dataset
         val_images, _ = load_fixture(f"{fixture}-val")
         guard.calibrate(val_images.to(args.device), target_fpr=0.05, progress=False)
@@ -238,7 +239,7 @@ def _recipe_guards(args: argparse.Namespace) -> list[tuple[str, Any, tuple[int, 
             )
             # A second build of the recipe (deepcopy breaks spectral-norm parametrizations),
             # with the same thresholds and the authors' ContraNet in place of ours.
-            variant, _ = build_guard(spec, device=args.device)
+            variant = build_guard(spec, device=args.device)
             variant.load_state_dict(guard.state_dict())
             layer = ContraNetLayer(authors).to(args.device)
             layer.threshold.copy_(guard.layers["contranet"].threshold)

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "CalibrationError",
     "CheckpointError",
+    "ConfigError",
     "DataNotFoundError",
     "DatasetError",
     "DeviceMismatchError",
@@ -57,6 +58,10 @@ class CalibrationError(GuardnetError, ValueError):
 
 class CheckpointError(GuardnetError, RuntimeError):
     """A training checkpoint is missing, damaged, or belongs to a different run."""
+
+
+class ConfigError(GuardnetError, ValueError):
+    """A layer config, guard recipe or saved guard's config cannot build what it describes."""
 
 
 class WeightsError(GuardnetError, RuntimeError):

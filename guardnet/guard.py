@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,10 @@ from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
 from guardnet.validation import check_images, check_logits, check_same_device
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from guardnet.calibration import CalibrationReport
+    from guardnet.recipes import GuardRecipe
 
 __all__ = ["GuardAttackView", "GuardResult", "GuardedModel", "Normalize"]
 
@@ -274,6 +278,10 @@ class GuardedModel(nn.Module):
         self.cascade = cascade
         self.max_batch_size = max_batch_size
         self.validate_inputs = validate_inputs
+        #: The recipe the guard was built from (:func:`guardnet.recipes.build_guard`), if any.
+        self.recipe: GuardRecipe | None = None
+        #: What the last :meth:`calibrate` did (restored by :meth:`from_pretrained`).
+        self.calibration_report: CalibrationReport | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -575,7 +583,7 @@ class GuardedModel(nn.Module):
         """
         from guardnet.calibration import calibrate_guard
 
-        return calibrate_guard(
+        report = calibrate_guard(
             self,
             clean_data,
             target_fpr=target_fpr,
@@ -583,6 +591,107 @@ class GuardedModel(nn.Module):
             budget=budget,
             batch_size=batch_size,
             progress=progress,
+        )
+        self.calibration_report = report
+        return report
+
+    def save_pretrained(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        include_classifier: bool | None = None,
+        model_card: str | None = None,
+    ) -> Path:
+        """Write the guard, thresholds included, to a folder :meth:`from_pretrained` reads.
+
+        The folder (Hub layout) holds ``config.json`` (the recipe that rebuilds the guard without
+        weights, and the calibration report), ``model.safetensors`` (every layer's weights and
+        thresholds, and the classifier's) and ``README.md`` (a card). See
+        :mod:`guardnet.guard_io`.
+
+        Args:
+            path: the folder (created; files of the same names are replaced).
+            include_classifier: store the classifier's weights. ``None`` (default): when the
+                classifier can be rebuilt from a config (a pretrained guardnet model, e.g. from a
+                guard recipe); otherwise loading takes it from the user (``classifier=``).
+            model_card: README.md text instead of the generated card.
+
+        Returns:
+            The folder.
+
+        Raises:
+            ConfigError: a layer cannot describe itself (unregistered class or no
+                ``get_config``), or the config does not rebuild the guard.
+
+        Example:
+            >>> import tempfile
+            >>> from guardnet import SAECLayer
+            >>> classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+            >>> guard = GuardedModel(classifier, [SAECLayer()], num_classes=10)
+            >>> _ = guard.calibrate(torch.rand(100, 3, 8, 8), target_fpr=0.1, progress=False)
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     _ = guard.save_pretrained(folder)
+            ...     loaded = GuardedModel.from_pretrained(folder, classifier=classifier)
+            >>> bool(loaded.layers["saec"].threshold == guard.layers["saec"].threshold)
+            True
+        """
+        from guardnet.guard_io import save_guard
+
+        return save_guard(self, path, include_classifier=include_classifier, model_card=model_card)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        classifier: nn.Module | None = None,
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool | None = None,
+    ) -> GuardedModel:
+        """A guard from a saved folder, a Hub repo id or a guard recipe name.
+
+        A folder written by :meth:`save_pretrained` (or a Hub repo holding one) gives the
+        calibrated guard: every part is built from its config (nothing is downloaded), then the
+        weights and thresholds are loaded strictly. A recipe name (``guardnet eval
+        --list-guards``) or a JSON recipe file gives an uncalibrated guard
+        (:func:`guardnet.recipes.build_guard`).
+
+        Args:
+            name_or_path: a folder, a Hub repo id (``"org/name"``), or a recipe name or file.
+            classifier: the classifier to use, required when the folder cannot rebuild it (a
+                classifier that is not a registered guardnet architecture, or saved without its
+                weights). When the folder holds classifier weights they are loaded into it.
+            device: where the guard goes.
+            revision: Hub branch, tag or commit (Hub repos only).
+            cache_dir: Hugging Face cache folder (Hub repos only).
+            local_files_only: never use the network (Hub repos only).
+
+        Returns:
+            The guard in eval mode; ``guard.calibration_report`` and ``guard.recipe`` restored.
+
+        Raises:
+            WeightsError: the folder is not a saved guard, lacks or damages a file, its weights
+                do not match its config (the message names the keys), or it needs
+                ``classifier=``.
+            ConfigError: its config cannot rebuild a layer or the guard.
+
+        Example:
+            >>> guard = GuardedModel.from_pretrained("mnist-mixdefense")  # a recipe: uncalibrated
+            >>> list(guard.layers)
+            ['saec', 'contranet']
+        """
+        from guardnet.guard_io import load_guard
+
+        return load_guard(
+            name_or_path,
+            classifier=classifier,
+            device=device,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            guard_class=cls,
         )
 
     def attack_view(self, *, bpda: bool = True) -> GuardAttackView:

@@ -10,16 +10,20 @@ A JSON recipe file holds the same fields::
     {"dataset": "gtsrb", "classifier": "resnet20-gtsrb",
      "layers": [{"type": "saec"}, {"type": "contranet", "weights": "runs/contranet-gtsrb/model"}]}
 
-Layer types: ``saec`` (keyword arguments of :class:`guardnet.SAECLayer`) and ``contranet``
-(``weights``: a pretrained name, folder or Hub id; other keys go to
-:class:`guardnet.ContraNetLayer`).
+Layer types are the registered ones (:data:`guardnet.layers.LAYER_TYPES`: ``saec``,
+``contranet``). An entry with ``weights`` (a pretrained name, folder or Hub id) is loaded with the
+class's ``from_pretrained(weights, **other_keys)``; one without is built with its
+``from_config(other_keys)``.
+
+A recipe builds an uncalibrated guard; :meth:`guardnet.GuardedModel.save_pretrained` writes a
+calibrated one to a folder that :meth:`guardnet.GuardedModel.from_pretrained` reads back.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,26 +31,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from guardnet.errors import ConfigError
 from guardnet.guard import GuardedModel, Normalize
-from guardnet.layers import ContraNetLayer, Layer, SAECLayer
+from guardnet.layers import LAYER_TYPES, Layer
 
 __all__ = [
     "GUARD_RECIPES",
     "LAYER_TYPES",
     "GuardRecipe",
+    "build_classifier",
     "build_guard",
+    "build_recipe_layer",
     "list_guards",
     "load_recipe",
     "register_guard",
 ]
-
-
-def _contranet(weights: str, **kwargs: Any) -> Layer:
-    return ContraNetLayer.from_pretrained(weights, **kwargs)
-
-
-#: Layer type -> builder taking the recipe entry's keyword arguments.
-LAYER_TYPES: dict[str, Callable[..., Layer]] = {"saec": SAECLayer, "contranet": _contranet}
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class GuardRecipe:
         name: the recipe's name (``"file"`` for a JSON recipe).
         dataset: the dataset the classifier and layers were trained for.
         classifier: a pretrained classifier name, folder or Hub id (its config gives mean/std).
-        layers: per layer, ``{"type": ..., **kwargs}`` (see :data:`LAYER_TYPES`).
+        layers: per layer, ``{"type": ..., **kwargs}`` (see :func:`build_recipe_layer`).
         description: one line for listings.
     """
 
@@ -71,7 +70,7 @@ class GuardRecipe:
         for entry in self.layers:
             kind = entry.get("type")
             if kind not in LAYER_TYPES:
-                raise ValueError(
+                raise ConfigError(
                     f"guard recipe {self.name!r}: unknown layer type {kind!r}; "
                     f"choose from {sorted(LAYER_TYPES)}"
                 )
@@ -114,18 +113,18 @@ def load_recipe(spec: str | os.PathLike[str] | Mapping[str, Any] | GuardRecipe) 
             return GUARD_RECIPES[text]
         path = Path(text)
         if not path.is_file():
-            raise ValueError(
+            raise ConfigError(
                 f"{text!r} is neither a registered guard ({', '.join(sorted(GUARD_RECIPES))}) "
                 "nor a JSON recipe file"
             )
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            raise ValueError(f"guard recipe {path} is not valid JSON: {error}") from None
+            raise ConfigError(f"guard recipe {path} is not valid JSON: {error}") from None
         data.setdefault("name", path.stem)
     missing = {"dataset", "classifier", "layers"} - set(data)
     if missing:
-        raise ValueError(f"guard recipe lacks {sorted(missing)}")
+        raise ConfigError(f"guard recipe lacks {sorted(missing)}")
     return GuardRecipe(
         name=str(data.get("name", "custom")),
         dataset=str(data["dataset"]),
@@ -136,13 +135,41 @@ def load_recipe(spec: str | os.PathLike[str] | Mapping[str, Any] | GuardRecipe) 
 
 
 def build_classifier(name: str) -> nn.Module:
-    """A pretrained classifier that takes [0, 1] images (its normalisation prepended), eval mode."""
+    """A pretrained classifier that takes [0, 1] images (its normalisation prepended), eval mode.
+
+    The pretrained model keeps its config as ``pretrained_config``, so a guard around it is
+    saved with the architecture and rebuilt without the user's help.
+    """
     from guardnet.hub import load_model
 
     model, config = load_model(name)
     if "mean" not in config or "std" not in config:
-        raise ValueError(f"classifier {name!r} has no mean/std in its config")
+        raise ConfigError(f"classifier {name!r} has no mean/std in its config")
+    model.pretrained_config = config
     return nn.Sequential(Normalize(config["mean"], config["std"]), model).eval()
+
+
+def build_recipe_layer(entry: Mapping[str, Any]) -> Layer:
+    """One layer of a recipe: ``{"type": ..., "weights": ..., **kwargs}``.
+
+    With ``weights``, the registered class's ``from_pretrained(weights, **kwargs)`` loads it;
+    without, its ``from_config(kwargs)`` builds it.
+
+    Example:
+        >>> build_recipe_layer({"type": "saec", "bins": 128}).bins
+        128
+    """
+    kind = entry.get("type")
+    if kind not in LAYER_TYPES:
+        raise ConfigError(f"unknown layer type {kind!r}; choose from {sorted(LAYER_TYPES)}")
+    cls = LAYER_TYPES[kind]
+    kwargs = {k: v for k, v in entry.items() if k not in ("type", "weights")}
+    if "weights" not in entry:
+        return cls.from_config(kwargs)
+    loader = getattr(cls, "from_pretrained", None)
+    if loader is None:
+        raise ConfigError(f"layer type {kind!r} has no pretrained weights; drop 'weights'")
+    return loader(entry["weights"], **kwargs)
 
 
 def build_guard(
@@ -150,7 +177,7 @@ def build_guard(
     *,
     device: str | torch.device = "cpu",
     max_batch_size: int | None = 500,
-) -> tuple[GuardedModel, GuardRecipe]:
+) -> GuardedModel:
     """Build an uncalibrated guard from a recipe.
 
     Args:
@@ -159,21 +186,19 @@ def build_guard(
         max_batch_size: the guard's chunk size.
 
     Returns:
-        The guard (calibrate it before use) and its recipe.
+        The guard in eval mode (calibrate it before use), its recipe at ``guard.recipe``.
 
     Example:
-        >>> guard, recipe = build_guard("mnist-mixdefense")
-        >>> list(guard.layers)
-        ['saec', 'contranet']
+        >>> guard = build_guard("mnist-mixdefense")
+        >>> list(guard.layers), guard.recipe.classifier
+        (['saec', 'contranet'], 'mnist-cnn')
     """
     recipe = load_recipe(spec)
     classifier = build_classifier(recipe.classifier)
-    layers = []
-    for entry in recipe.layers:
-        kwargs = {k: v for k, v in entry.items() if k != "type"}
-        layers.append(LAYER_TYPES[entry["type"]](**kwargs))
+    layers = [build_recipe_layer(entry) for entry in recipe.layers]
     guard = GuardedModel(classifier, layers, max_batch_size=max_batch_size)
-    return guard.to(device).eval(), recipe
+    guard.recipe = recipe
+    return guard.to(device).eval()
 
 
 for _dataset, _classifier, _contranet_weights in (

@@ -170,8 +170,9 @@ def test_format_and_parse_eps() -> None:
 
 def test_recipes_build_and_load(tmp_path) -> None:
     assert {"mnist-saec", "mnist-contranet", "mnist-mixdefense"} <= set(GUARD_RECIPES)
-    guard, recipe = build_guard("mnist-mixdefense")
-    assert list(guard.layers) == ["saec", "contranet"] and recipe.classifier == "mnist-cnn"
+    guard = build_guard("mnist-mixdefense")
+    assert isinstance(guard, GuardedModel) and guard.recipe is GUARD_RECIPES["mnist-mixdefense"]
+    assert list(guard.layers) == ["saec", "contranet"] and guard.recipe.classifier == "mnist-cnn"
     assert guard.num_classes == 10
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"dataset": "mnist", "classifier": "mnist-cnn", "layers": []}))
@@ -196,8 +197,8 @@ def test_colour_mixdefense_recipes_run_with_shipped_contranet(
 ) -> None:
     import torch
 
-    guard, recipe = build_guard(name)
-    assert list(guard.layers) == ["saec", "contranet"] and recipe.classifier == classifier
+    guard = build_guard(name)
+    assert list(guard.layers) == ["saec", "contranet"] and guard.recipe.classifier == classifier
     assert guard.num_classes == num_classes
     assert guard.layers["contranet"].num_classes == num_classes
     scores = guard.compute_scores(

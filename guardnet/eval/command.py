@@ -210,7 +210,8 @@ def run_eval(args: argparse.Namespace, command: str) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        guard, recipe = build_guard(args.guard, device=args.device)
+        guard = build_guard(args.guard, device=args.device)
+        recipe = guard.recipe
         dataset = args.dataset or recipe.dataset
         plans = _plans(args, dataset)
         val_images, test_images, test_labels, source = _load_data(args, dataset)

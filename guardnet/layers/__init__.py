@@ -2,14 +2,26 @@
 
 from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
 from guardnet.layers.contranet import ContraNetLayer
+from guardnet.layers.registry import (
+    LAYER_TYPES,
+    build_layer,
+    layer_config,
+    layer_type,
+    register_layer,
+)
 from guardnet.layers.saec import SAECLayer, saec_score
 
 __all__ = [
+    "LAYER_TYPES",
     "ContraNetLayer",
     "Layer",
     "LayerInput",
     "LayerKind",
     "LayerOutput",
     "SAECLayer",
+    "build_layer",
+    "layer_config",
+    "layer_type",
+    "register_layer",
     "saec_score",
 ]

@@ -28,9 +28,9 @@ clean validation data.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -139,6 +139,29 @@ class Layer(nn.Module):
 
     def forward(self, inputs: LayerInput) -> LayerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """The layer's constructor arguments, JSON-serialisable, without weights or thresholds.
+
+        :meth:`from_config` on the result builds an untrained, uncalibrated layer whose
+        ``state_dict`` has the same keys and shapes, so a saved guard
+        (:meth:`guardnet.GuardedModel.save_pretrained`) rebuilds its layers without fetching
+        weights and then fills them. Layers that can be saved override it and register their
+        class with :func:`guardnet.layers.register_layer`.
+
+        Raises:
+            NotImplementedError: the layer does not describe itself (the default).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define get_config(), so a guard holding it cannot "
+            "be saved: return its constructor arguments as a JSON-serialisable dict"
+        )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Layer:
+        """An untrained, uncalibrated layer from :meth:`get_config`'s output (default:
+        ``cls(**config)``)."""
+        return cls(**config)
 
     def bpda_forward(self, inputs: LayerInput) -> LayerOutput | None:
         """Exact scores with a surrogate gradient, for a layer whose scores are not differentiable.

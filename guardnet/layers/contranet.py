@@ -21,20 +21,24 @@ workflow for high-resolution classifiers).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from guardnet.errors import InputShapeError, WeightsError
+from guardnet.errors import ConfigError, InputShapeError, WeightsError
 from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
+from guardnet.layers.registry import register_layer
 from guardnet.nets.contranet import SCORE_NAMES, ContraNet, from_unit_range, to_unit_range
 
 __all__ = ["ContraNetLayer"]
 
 
+@register_layer("contranet")
 class ContraNetLayer(Layer):
     """The ContraNet detector as a guard layer (``post``: after the classifier's argmax).
 
@@ -98,6 +102,35 @@ class ContraNetLayer(Layer):
         if not isinstance(model, ContraNet):
             raise WeightsError(f"{name!r} holds a {config.get('architecture')!r}, not a ContraNet")
         return cls(model, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments, with ``net`` as its architecture config (no weights).
+
+        ``net`` is ``{"architecture": "ContraNet", "arch_args": ...}``, the form of a
+        pretrained folder's ``config.json``, so :meth:`from_config` builds the networks empty.
+        """
+        arch_args = {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self.net.config).items()
+        }
+        return {
+            "net": {"architecture": "ContraNet", "arch_args": arch_args},
+            "sample": self.sample,
+            "seed": self.seed,
+            "channels_last": self.memory_format is torch.channels_last,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ContraNetLayer:
+        """A layer with untrained networks built from :meth:`get_config`'s output."""
+        options = dict(config)
+        net = options.pop("net", None)
+        if not isinstance(net, Mapping) or net.get("architecture") != "ContraNet":
+            raise ConfigError(
+                "a contranet layer config needs 'net': {'architecture': 'ContraNet', "
+                f"'arch_args': ...}}, got {net!r}"
+            )
+        return cls(ContraNet(**(net.get("arch_args") or {})), **options)
 
     def _check(self, images: Tensor) -> None:
         channels = self.net.config.in_channels

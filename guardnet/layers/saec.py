@@ -34,13 +34,14 @@ over the narrow range [-0.01, 0.01]. A narrow, finely binned range measures how 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from guardnet.errors import CalibrationError
 from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
+from guardnet.layers.registry import register_layer
 from guardnet.ops import (
     HighPassFilter,
     batched_histogram,
@@ -99,6 +100,7 @@ def saec_score(
     )
 
 
+@register_layer("saec")
 class SAECLayer(Layer):
     """MixDefense's large-perturbation detector as a guard layer (``pre``; low score = noisy).
 
@@ -156,8 +158,12 @@ class SAECLayer(Layer):
         self.highpass = HighPassFilter(list(kernel_names), padding=padding)
 
     @property
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """Constructor arguments, JSON-serialisable (for ``config.json``)."""
+        return self.get_config()
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments, JSON-serialisable (see :meth:`Layer.get_config`)."""
         return {
             "p": self.p,
             "kernels": list(self.kernels),
