@@ -26,7 +26,6 @@ from guardnet.errors import (
     WeightsError,
 )
 from guardnet.guard import GuardAttackView, GuardedModel, GuardResult, Normalize
-from guardnet.hub import from_pretrained, list_pretrained, load_pretrained, save_pretrained
 from guardnet.layers import (
     ContraNetLayer,
     Layer,
@@ -35,6 +34,12 @@ from guardnet.layers import (
     LayerOutput,
     SAECLayer,
     saec_score,
+)
+from guardnet.weights import (
+    from_pretrained,
+    list_pretrained,
+    register_architecture,
+    save_pretrained,
 )
 
 __version__ = "0.1.0"
@@ -66,7 +71,7 @@ __all__ = [
     "__version__",
     "from_pretrained",
     "list_pretrained",
-    "load_pretrained",
+    "register_architecture",
     "saec_score",
     "save_pretrained",
     "threshold_at_fpr",

@@ -137,9 +137,10 @@ def load_recipe(spec: str | os.PathLike[str] | Mapping[str, Any] | GuardRecipe) 
 
 def build_classifier(name: str) -> nn.Module:
     """A pretrained classifier that takes [0, 1] images (its normalisation prepended), eval mode."""
-    from guardnet.hub import load_model
+    from guardnet.weights import from_pretrained
 
-    model, config = load_model(name)
+    model = from_pretrained(name)
+    config = model.pretrained_config
     if "mean" not in config or "std" not in config:
         raise ValueError(f"classifier {name!r} has no mean/std in its config")
     return nn.Sequential(Normalize(config["mean"], config["std"]), model).eval()

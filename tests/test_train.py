@@ -16,7 +16,6 @@ import guardnet.train.classifier as classifier_module
 from guardnet.cli import main
 from guardnet.data import SplitDataset, dataset_info, load_fixture, resolve_data_root
 from guardnet.errors import DataNotFoundError
-from guardnet.hub import from_pretrained
 from guardnet.train.classifier import (
     LOG_NAME,
     CheckpointError,
@@ -28,6 +27,7 @@ from guardnet.train.classifier import (
     save_checkpoint,
     train_classifier,
 )
+from guardnet.weights import from_pretrained
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -213,7 +213,8 @@ def _fixture_split(name: str, split: str, *, limit: int | None = None, **_: Any)
 
 
 def _check_run(run_dir: Path, argv: list[str]) -> dict[str, Any]:
-    model, config = from_pretrained(run_dir / "model")
+    model = from_pretrained(run_dir / "model")
+    config = model.pretrained_config
     assert config["architecture"] == "MnistCNN" and config["dataset"] == "mnist"
     assert config["num_classes"] == 10
     assert set(config["metrics"]) == {"mnist_test_accuracy", "mnist_val_accuracy"}
