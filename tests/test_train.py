@@ -279,9 +279,9 @@ def test_cli_trains_on_real_mnist(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAME", "DATASET", "ARCHITECTURE", "KEY", "METRIC", "WEIGHTS"]
+    assert lines[0].split() == ["NAME", "DATASET", "ARCHITECTURE", "KEY", "METRIC", "HUB", "REPO"]
     row = next(line for line in lines if line.startswith("mnist-cnn"))
-    assert "MnistCNN" in row and "99.39%" in row and "shipped" in row
+    assert "MnistCNN" in row and "99.39%" in row and "guardnet/mnist-cnn" in row
 
 
 def test_train_without_what_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
