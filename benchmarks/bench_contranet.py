@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from guardnet.eval.bench import count_flops, hardware_metadata, measure_latency
-from guardnet.hub import PRETRAINED
 from guardnet.layers import ContraNetLayer, LayerInput
 from guardnet.nets.contranet import ContraNet, ContraNetConfig
 
@@ -123,12 +122,7 @@ def main() -> None:
         else:
             layer = ContraNetLayer.from_pretrained(spec)
             net = layer.net
-            entry = PRETRAINED.get(spec)
-            folder = entry.local_path if entry is not None else Path(spec)
-            config_path = Path(folder or spec) / "config.json"
-            size = 32
-            if config_path.is_file():
-                size = json.loads(config_path.read_text()).get("input_size", [32])[-1]
+            size = net.pretrained_config.get("input_size", [32])[-1]
         result = bench_one(spec, net.eval(), size, args)
         results.append(result)
         for label, row in result["rows"].items():

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from guardnet.eval.bench import hardware_metadata, measure_latency
-from guardnet.hub import load_model
+from guardnet.weights import from_pretrained
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    net, _ = load_model(args.contranet)
+    net = from_pretrained(args.contranet)
     dmm = net.dmm.train()
     channels, classes = net.config.in_channels, net.config.num_classes
     gen = torch.Generator().manual_seed(0)

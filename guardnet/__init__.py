@@ -27,7 +27,6 @@ from guardnet.errors import (
     WeightsError,
 )
 from guardnet.guard import GuardAttackView, GuardedModel, GuardResult, Normalize
-from guardnet.hub import from_pretrained, list_pretrained, load_pretrained, save_pretrained
 from guardnet.layers import (
     ContraNetLayer,
     Layer,
@@ -36,6 +35,12 @@ from guardnet.layers import (
     LayerOutput,
     SAECLayer,
     saec_score,
+)
+from guardnet.weights import (
+    from_pretrained,
+    list_pretrained,
+    register_architecture,
+    save_pretrained,
 )
 
 __version__ = "0.1.0"
@@ -68,7 +73,7 @@ __all__ = [
     "__version__",
     "from_pretrained",
     "list_pretrained",
-    "load_pretrained",
+    "register_architecture",
     "saec_score",
     "save_pretrained",
     "threshold_at_fpr",

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         "models",
         help="list the registered pretrained classifiers",
         description="List guardnet's pretrained classifiers: name, dataset, architecture, "
-        "headline metric, and whether the weights ship with the package or come from the Hub.",
+        "headline metric (from the model's config.json in the hub/ mirror or the Hugging Face "
+        "cache) and Hub repo.",
     )
 
     train = sub.add_parser(
@@ -84,10 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_classifier(train_sub)
     _add_train_contranet(train_sub)
     _add_bench(sub)
+    _add_hub(sub)
     from guardnet.eval.command import add_eval_parser
 
     add_eval_parser(sub)
     return parser
+
+
+def _add_hub(sub: argparse._SubParsersAction) -> None:
+    """Add ``hub push`` (publish the repository's hub/ mirror) to the subcommands."""
+    hub = sub.add_parser("hub", help="publish pretrained weights to the Hugging Face Hub")
+    hub.set_defaults(print_help=hub.print_help)
+    push = hub.add_subparsers(dest="hub_command", metavar="WHAT").add_parser(
+        "push",
+        help="upload hub/<name> folders to their Hub repos",
+        description="Check each registered folder of the hub/ mirror (strict load, sha256s as "
+        "registered) and upload it to its Hub repo, one commit per repo; --dry-run uploads "
+        "nothing and writes the exact upload set (files, sizes, sha256s, repo ids) to --manifest.",
+    )
+    push.add_argument("names", nargs="*", help="registered names (default: all)")
+    push.add_argument("--dry-run", action="store_true", help="upload nothing")
+    push.add_argument("--manifest", default=None, help="write the upload set as JSON here")
+    push.add_argument("--mirror", default=None, help="folder holding <name>/ (default: hub/)")
 
 
 _BENCH_MODELS = ("mnist-cnn", "resnet20-cifar10jpeg-ft", "resnet20-gtsrb")
@@ -155,8 +174,8 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     from guardnet.errors import GuardnetError
     from guardnet.eval.bench import bench_guard, render_markdown
     from guardnet.guard import GuardedModel
-    from guardnet.hub import load_pretrained
     from guardnet.layers import SAECLayer
+    from guardnet.weights import from_pretrained
 
     if any(size < 1 for size in args.batch_sizes):
         print("guardnet bench: error: batch sizes must be >= 1", file=sys.stderr)
@@ -179,7 +198,8 @@ def _bench(args: argparse.Namespace, command: str) -> int:
             )
             results.append({"model": name, "command": command, **result})
         for name in args.model or ([] if args.guard else _BENCH_MODELS):
-            model, config = load_pretrained(name)
+            model = from_pretrained(name)
+            config = model.pretrained_config
             guard = GuardedModel(
                 model,
                 [SAECLayer()],
@@ -275,7 +295,7 @@ def _add_train_classifier(train_sub: argparse._SubParsersAction) -> None:
         "--arch",
         default=None,
         help="registered architecture: MnistCNN, SmallConvNet, resnet20, resnet56, CifarResNet "
-        "(guardnet.hub.list_architectures()); optional with --init",
+        "(guardnet.weights.list_architectures()); optional with --init",
     )
     cls.add_argument(
         "--arch-args",
@@ -519,20 +539,24 @@ def _key_metric(metrics: dict[str, float]) -> str:
 
 
 def _list_models() -> int:
-    """Print the pretrained registry as a table (``guardnet models``)."""
-    from guardnet.hub import list_pretrained
+    """Print the pretrained registry as a table (``guardnet models``).
 
-    header = ("NAME", "DATASET", "ARCHITECTURE", "KEY METRIC", "WEIGHTS")
-    rows = [
-        (
-            entry.name,
-            entry.dataset,
-            entry.architecture,
-            _key_metric(entry.metrics),
-            "shipped" if entry.local_path is not None else f"hub: {entry.hub_id}",
+    Figures come from each model's config.json, read from the mirror or the Hugging Face cache
+    only (no download): "-" for a model whose config is in neither.
+    """
+    from guardnet.errors import WeightsError
+    from guardnet.weights import list_pretrained, load_config
+
+    header = ("NAME", "DATASET", "ARCHITECTURE", "KEY METRIC", "HUB REPO")
+    rows = []
+    for entry in list_pretrained():
+        try:
+            metrics = load_config(entry.name, local_files_only=True).get("metrics") or {}
+        except WeightsError:
+            metrics = {}
+        rows.append(
+            (entry.name, entry.dataset, entry.architecture, _key_metric(metrics), entry.hub_id)
         )
-        for entry in list_pretrained()
-    ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print(
@@ -569,6 +593,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _list_models()
     if args.command == "bench":
         return _bench(args, command)
+    if args.command == "hub":
+        if args.hub_command != "push":
+            args.print_help()
+            return 1
+        from guardnet.errors import WeightsError
+        from guardnet.weights.publish import describe, push
+
+        try:
+            manifest = push(
+                args.names or None, dry_run=args.dry_run, out=args.manifest, mirror=args.mirror
+            )
+        except WeightsError as exc:
+            print(f"guardnet hub push: error: {exc}", file=sys.stderr)
+            return 1
+        print(describe(manifest))
+        return 0
     if args.command == "eval":
         from guardnet.eval.command import run_eval
 

@@ -1,8 +1,9 @@
 """``guardnet demo``: an offline tour of the guard on shipped MNIST data.
 
-Everything it needs ships inside the package: a clean validation fixture (for calibration), a
-test fixture (for the numbers) and a small MNIST classifier trained by
-``scripts/train_quick_classifiers.py``.
+The data ship inside the package: a clean validation fixture (for calibration) and a test
+fixture (for the numbers). The weights (the ``mnist-cnn`` classifier and the ``contranet-mnist``
+detector) load with :func:`guardnet.from_pretrained`: offline from a clone's ``hub/`` mirror or a
+pre-filled Hugging Face cache, else from the Hub.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from torch import Tensor, nn
 from guardnet.data import dataset_info, load_fixture
 from guardnet.eval.metrics import detection_accuracy, robust_accuracy
 from guardnet.guard import GuardedModel, GuardResult, Normalize
-from guardnet.hub import load_pretrained
 from guardnet.layers import ContraNetLayer, SAECLayer
+from guardnet.weights import from_pretrained
 
 __all__ = ["load_demo_classifier", "run_demo"]
 
@@ -30,17 +31,17 @@ _DEMO_CONTRANET = "contranet-mnist"
 def load_demo_classifier() -> nn.Module:
     """The shipped MNIST classifier (MnistCNN, normalisation excluded: it takes normalised input).
 
-    Loaded with ``load_pretrained("mnist-cnn")`` from the folder shipped in the package (offline),
-    safetensors with strict key matching.
+    Loaded with ``from_pretrained("mnist-cnn")``: from a clone's ``hub/`` mirror (offline), else
+    from the Hugging Face Hub or its cache; safetensors with strict key matching.
 
     Returns:
         The MnistCNN in eval mode.
 
     Raises:
-        WeightsError: The shipped weights are missing, damaged or do not match the architecture.
+        WeightsError: The weights cannot be found or fetched, are damaged or do not match the
+            architecture.
     """
-    model, _ = load_pretrained(_DEMO_WEIGHTS)
-    return model
+    return from_pretrained(_DEMO_WEIGHTS)
 
 
 def _pgd(classifier: nn.Module, images: Tensor, labels: Tensor, eps: float, seed: int) -> Tensor:

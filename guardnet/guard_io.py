@@ -26,20 +26,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from guardnet._utils import sha256_file
 from guardnet.errors import ConfigError, WeightsError
 from guardnet.layers.registry import build_layer, layer_config
+from guardnet.weights.pretrained import REPO_ID
 
 if TYPE_CHECKING:
     from guardnet.calibration import CalibrationReport
@@ -60,15 +57,9 @@ GUARD_TYPE = "guard"
 #: The newest folder format this version writes and reads.
 FORMAT_VERSION = 1
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-MODEL_CARD_NAME = "README.md"
-
 _CLASSIFIER_PREFIX = "classifier."
 # Descriptive keys of a pretrained classifier's config that travel with the guard.
 _CLASSIFIER_INFO = ("dataset", "num_classes", "input_size", "mean", "std", "license")
-# "org/name", as on the Hugging Face Hub.
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,7 +122,7 @@ def classifier_config(classifier: nn.Module) -> dict[str, Any] | None:
 def _build_classifier(config: Mapping[str, Any]) -> nn.Module:
     """An untrained classifier from :func:`classifier_config`'s output."""
     from guardnet.guard import Normalize
-    from guardnet.hub import build_model
+    from guardnet.weights.registry import build_model
 
     model = build_model(config)
     model.pretrained_config = {k: v for k, v in config.items() if k != "normalize"}
@@ -356,7 +347,7 @@ def save_guard(
 ) -> Path:
     """Implementation of :meth:`guardnet.GuardedModel.save_pretrained`."""
     from guardnet import __version__
-    from guardnet.hub import _saveable_state, load_state_dict_strict
+    from guardnet.weights.io import _saveable_state, load_state_dict_strict, write_folder
 
     config = guard_config(guard, include_classifier=include_classifier)
     config["guardnet_version"] = __version__
@@ -380,20 +371,17 @@ def save_guard(
             f"still describe it? a layer's get_config()?): {exc}"
         ) from exc
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / WEIGHTS_NAME
-    partial = folder / (WEIGHTS_NAME + ".partial")
-    save_file(state, str(partial), metadata={"format": "pt", "guardnet_type": GUARD_TYPE})
-    os.replace(partial, weights)
-    config["weights_sha256"] = sha256_file(weights)
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    shutil.copymode(folder / CONFIG_NAME, weights)
-    card = (
-        model_card if model_card is not None else guard_model_card(guard, config, title=folder.name)
+    return write_folder(
+        folder,
+        state,
+        config,
+        card=lambda written: (
+            model_card
+            if model_card is not None
+            else guard_model_card(guard, written, title=Path(folder).name)
+        ),
+        metadata={"guardnet_type": GUARD_TYPE},
     )
-    (folder / MODEL_CARD_NAME).write_text(card if card.endswith("\n") else card + "\n")
-    return folder
 
 
 def _prefixed(classifier: nn.Module) -> dict[str, torch.Tensor]:
@@ -428,10 +416,10 @@ def _load_folder(
     classifier: nn.Module | None,
     guard_class: type[GuardedModel] | None,
 ) -> GuardedModel:
-    from guardnet.hub import _read_config, _read_weights, load_state_dict_strict
     from guardnet.recipes import load_recipe
+    from guardnet.weights.io import load_state_dict_strict, read_config, read_weights
 
-    config = _read_config(config_path)
+    config = read_config(config_path)
     _check_format(config, config_path)
     info = config.get("classifier") or {}
     include = bool(info.get("weights_included"))
@@ -451,7 +439,7 @@ def _load_folder(
         raise TypeError(f"classifier must be an nn.Module, got {type(classifier).__name__}")
     guard = _guard_from_config(config, classifier, source=str(config_path), guard_class=guard_class)
     expected_sha = config.get("weights_sha256")
-    state = _read_weights(weights_path, expected_sha if isinstance(expected_sha, str) else None)
+    state = read_weights(weights_path, expected_sha if isinstance(expected_sha, str) else None)
     source = f"the weights in {weights_path}"
     if not include:
         stray = sorted(k for k in state if k.startswith(_CLASSIFIER_PREFIX))
@@ -485,30 +473,25 @@ def load_guard(
 
     text = os.fspath(name_or_path)
     path = Path(text)
-    if path.is_dir():
-        if revision is not None:
-            raise ValueError(f"revision={revision!r} applies to Hub repos; {path} is a folder")
-        from guardnet.hub import _local_files
-
-        config_path, weights_path = _local_files(path)
-    elif text in GUARD_RECIPES or (path.suffix == ".json" and path.is_file()):
+    if text in GUARD_RECIPES or (path.suffix == ".json" and path.is_file()):
         if classifier is not None:
             raise ValueError(
                 f"classifier= applies to saved guards; {text!r} is a guard recipe, which names "
                 "its classifier"
             )
         return build_guard(text, device=device)
-    elif _REPO_ID.match(text):
-        from guardnet.hub import _hub_files
-
-        config_path, weights_path = _hub_files(
-            text, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
-        )
-    else:
+    if not (path.is_dir() or REPO_ID.match(text)):
         raise WeightsError(
             f"{text!r} is neither a saved guard's folder, a guard recipe "
             f"({', '.join(sorted(GUARD_RECIPES))}), a JSON recipe file nor a Hub repo id "
             "('org/name')"
         )
+    from guardnet.weights.resolve import resolve_files
+
+    files = resolve_files(
+        text, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+    )
+    config_path, weights_path = files.config, files.weights
+    assert weights_path is not None
     guard = _load_folder(config_path, weights_path, classifier=classifier, guard_class=guard_class)
     return guard.to(device).eval()

@@ -140,12 +140,12 @@ def build_classifier(name: str) -> nn.Module:
     The pretrained model keeps its config as ``pretrained_config``, so a guard around it is
     saved with the architecture and rebuilt without the user's help.
     """
-    from guardnet.hub import load_model
+    from guardnet.weights import from_pretrained
 
-    model, config = load_model(name)
+    model = from_pretrained(name)
+    config = model.pretrained_config
     if "mean" not in config or "std" not in config:
         raise ConfigError(f"classifier {name!r} has no mean/std in its config")
-    model.pretrained_config = config
     return nn.Sequential(Normalize(config["mean"], config["std"]), model).eval()
 
 

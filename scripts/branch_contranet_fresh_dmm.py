@@ -86,9 +86,10 @@ def from_checkpoint(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 def from_model(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """A seeded trainer's state holding the shipped encoder, generator and Dis."""
-    from guardnet.hub import load_model
+    from guardnet.weights import from_pretrained
 
-    model, meta = load_model(args.source_model)
+    model = from_pretrained(args.source_model)
+    meta = model.pretrained_config
     if not isinstance(model, ContraNet):
         raise SystemExit(f"{args.source_model!r} is not a ContraNet")
     config = dataclasses.replace(model.config, **args.arch_args)

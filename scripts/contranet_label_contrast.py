@@ -29,8 +29,8 @@ from guardnet.data import load_split
 from guardnet.eval import auroc
 from guardnet.eval.metrics import oracle_tpr_at_fpr
 from guardnet.guard import Normalize
-from guardnet.hub import load_pretrained
 from guardnet.layers.base import LayerInput
+from guardnet.weights import from_pretrained
 
 SCORES = ("dmm", "dis", "ssim")
 
@@ -64,7 +64,8 @@ def main() -> None:
     torch.set_flush_denormal(True)
 
     test = load_split(args.dataset, "test", limit=args.test_limit)
-    classifier, cfg = load_pretrained(args.classifier)
+    classifier = from_pretrained(args.classifier)
+    cfg = classifier.pretrained_config
     model = nn.Sequential(Normalize(cfg["mean"], cfg["std"]), classifier).eval()
     layer = ContraNetLayer.from_pretrained(args.contranet).eval()
     with torch.no_grad():

@@ -15,7 +15,7 @@ sha256), so the workflow is: convert, evaluate, convert again:
     export GUARDNET_DATA=/path/to/shared/data
     python scripts/convert_akamaster.py
     python scripts/eval_classifier.py resnet20-cifar10-akamaster --dataset cifar10 \
-        --json guardnet/assets/weights/resnet20-cifar10-akamaster/eval_cifar10_jpeg_q75_test.json
+        --json hub/resnet20-cifar10-akamaster/eval_cifar10_jpeg_q75_test.json
     (same for resnet56)
     python scripts/convert_akamaster.py
 """
@@ -32,8 +32,8 @@ import torch
 
 from guardnet._utils import sha256_file
 from guardnet.data import dataset_info, resolve_data_root
-from guardnet.hub import from_pretrained, save_pretrained
 from guardnet.nets import CifarResNet, resnet20, resnet56
+from guardnet.weights import from_pretrained, save_pretrained
 
 SOURCE_URL = "https://github.com/akamaster/pytorch_resnet_cifar10"
 CHECKPOINTS = {20: "resnet20-12fca82f.th", 56: "resnet56-4bfd9763.th"}
@@ -123,7 +123,8 @@ standard CIFAR-10 result and must not be compared with one.
 ```python
 import guardnet
 
-model, config = guardnet.load_pretrained("{name}")  # shipped with guardnet: works offline
+model = guardnet.from_pretrained("{name}")
+config = model.pretrained_config
 guard = guardnet.GuardedModel(model, [guardnet.SAECLayer()], mean=config["mean"], std=config["std"])
 ```
 
@@ -169,7 +170,7 @@ def convert(depth: int, source: Path, out: Path) -> Path:
     shutil.copyfile(source / "LICENSE.txt", folder / "LICENSE.txt")
 
     # The folder must load back strictly and give the original model's outputs.
-    loaded, _ = from_pretrained(folder)
+    loaded = from_pretrained(folder)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         if not torch.equal(loaded(x), model(x)):
@@ -187,7 +188,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--source", type=Path, default=None, help="folder of the .th files")
-    parser.add_argument("--out", type=Path, default=Path("guardnet/assets/weights"))
+    parser.add_argument("--out", type=Path, default=Path("hub"))
     parser.add_argument(
         "--depths", type=int, nargs="+", default=[20, 56], choices=sorted(CHECKPOINTS)
     )

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from guardnet.data import dataset_info, load_split
 from guardnet.guard import Normalize
-from guardnet.hub import load_model
+from guardnet.weights import from_pretrained
 
 
 @torch.inference_mode()
@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
 
-    model, config = load_model(args.model, map_location=args.device)
+    model = from_pretrained(args.model, device=args.device)
+    config = model.pretrained_config
     info = dataset_info(args.dataset or config["dataset"])
     if config.get("num_classes") not in (None, info.num_classes):
         parser.error(

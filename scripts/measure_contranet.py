@@ -40,7 +40,7 @@ from guardnet.calibration import calibrate_guard, collect_clean_scores
 from guardnet.data import dataset_info, load_split
 from guardnet.eval import auroc, detection_accuracy, robust_accuracy
 from guardnet.guard import Normalize
-from guardnet.hub import load_pretrained
+from guardnet.weights import from_pretrained
 
 
 def batched(attack, x: Tensor, y: Tensor, size: int = 250) -> Tensor:
@@ -171,7 +171,8 @@ def main() -> None:
     info = dataset_info(args.dataset)
     val = load_split(info.name, "val", limit=args.val_limit)
     test = load_split(info.name, "test", limit=args.test_limit)
-    classifier, cfg = load_pretrained(args.classifier)
+    classifier = from_pretrained(args.classifier)
+    cfg = classifier.pretrained_config
     model = nn.Sequential(Normalize(cfg["mean"], cfg["std"]), classifier).eval()
     net = ContraNetLayer.from_pretrained(args.contranet).net
 

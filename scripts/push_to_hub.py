@@ -1,12 +1,12 @@
 """Upload a guardnet weights folder to a Hugging Face Hub model repository (release step).
 
-The folder must be loadable (it is checked with ``guardnet.hub.from_pretrained`` first) and is
+The folder must be loadable (it is checked with ``guardnet.from_pretrained`` first) and is
 uploaded as is: config.json, model.safetensors, README.md (the model card) and any licence or
 evaluation files beside them. Needs a token with write access (``hf auth login`` or ``HF_TOKEN``).
 
 Usage:
-    python scripts/push_to_hub.py guardnet/assets/weights/mnist-cnn guardnet/mnist-cnn
-    python scripts/push_to_hub.py guardnet/assets/weights/resnet20-cifar10-akamaster \
+    python scripts/push_to_hub.py hub/mnist-cnn guardnet/mnist-cnn
+    python scripts/push_to_hub.py hub/resnet20-cifar10-akamaster \
         guardnet/resnet20-cifar10-akamaster --private
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from guardnet.hub import from_pretrained
+from guardnet.weights import from_pretrained
 
 
 def main() -> None:

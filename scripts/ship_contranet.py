@@ -1,9 +1,10 @@
-"""Copy a trained ContraNet into the package with its measured detection figures.
+"""Copy a trained ContraNet into the repository's hub/ mirror with its measured detection figures.
 
 Reads a training run's Hub folder (``RUN_DIR/model``) and the JSON written by
-``scripts/measure_contranet.py``; writes ``guardnet/assets/weights/NAME`` with the test metrics
-added to ``config.json`` and a "Measured detection" section (table and command) appended to the
-model card; prints the metrics dict for the ``PretrainedEntry`` in ``guardnet/hub.py``. A JSON
+``scripts/measure_contranet.py``; writes ``hub/NAME`` with the test metrics added to
+``config.json`` and a "Measured detection" section (table and command) appended to the model
+card; prints the metrics dict (the ``PretrainedEntry`` in ``guardnet/weights/pretrained.py``
+then needs the new files' sha256s). A JSON
 measured with both splits (``--budget equal runner_up``, either order) gives the ``*_test_*``
 metrics from the equal shares and the ``*_runner_up_*`` ones, and the card's table, from the
 runner-up split.
@@ -26,7 +27,7 @@ import json
 import shutil
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parents[1] / "guardnet" / "assets" / "weights"
+ASSETS = Path(__file__).resolve().parents[1] / "hub"
 
 
 def _pct(value: float | None) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from guardnet.hub import (
+from guardnet.weights import (
     CONFIG_NAME,
     MODEL_CARD_NAME,
     WEIGHTS_NAME,
@@ -31,7 +31,8 @@ def main() -> None:
     args = parser.parse_args()
 
     before = (args.folder / WEIGHTS_NAME).stat().st_size
-    model, config = from_pretrained(args.folder)
+    model = from_pretrained(args.folder)
+    config = dict(model.pretrained_config)
     config.pop("weights_sha256", None)  # save_pretrained records the new file's
     card_path = args.folder / MODEL_CARD_NAME
     card = card_path.read_text() if card_path.is_file() else None

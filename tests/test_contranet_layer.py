@@ -11,9 +11,9 @@ from torch import nn
 
 from guardnet import GuardedModel, SAECLayer
 from guardnet.errors import InputShapeError, WeightsError
-from guardnet.hub import save_pretrained
 from guardnet.layers import ContraNetLayer, LayerInput
 from guardnet.nets.contranet import ContraNet, ContraNetConfig, ssim_scores, to_unit_range
+from guardnet.weights import save_pretrained
 
 TINY = dict(g_ch=2, d_ch=2, dmm_backbone="cnn", dmm_width=0.25, encoder_features=16, dmm_hidden=16)
 

@@ -13,7 +13,7 @@ from helpers import PixelScoreLayer, TinyClassifier
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-import guardnet.hub
+import guardnet.weights.resolve
 from guardnet import (
     ContraNetLayer,
     GuardedModel,
@@ -22,8 +22,8 @@ from guardnet import (
     SAECLayer,
     WeightsError,
 )
+from guardnet._utils import sha256_file
 from guardnet.errors import ConfigError
-from guardnet.hub import ARCHITECTURES, register_architecture
 from guardnet.layers import (
     LAYER_TYPES,
     Layer,
@@ -36,6 +36,7 @@ from guardnet.layers import (
 )
 from guardnet.nets.contranet import ContraNet
 from guardnet.recipes import GUARD_RECIPES, build_guard
+from guardnet.weights import ARCHITECTURES, register_architecture, save_pretrained
 
 TINY = "guardio-tiny"
 FILES = ["README.md", "config.json", "model.safetensors"]
@@ -110,7 +111,7 @@ def rewrite(folder: Path, *, state: dict[str, Tensor] | None = None, **config_ch
     config = json.loads((folder / "config.json").read_text())
     if state is not None:
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        config["weights_sha256"] = guardnet.hub.sha256_file(folder / "model.safetensors")
+        config["weights_sha256"] = sha256_file(folder / "model.safetensors")
     config.update(config_changes)
     (folder / "config.json").write_text(json.dumps(config))
 
@@ -148,7 +149,7 @@ def test_config_holds_the_recipe(calibrated: GuardedModel, saved: Path) -> None:
     assert config["layers"][1]["config"]["net"]["arch_args"]["g_ch"] == 2
     assert config["num_classes"] == 10 and config["calibration"]["target_fpr"] == 0.1
     assert config["recipe"] is None
-    assert config["weights_sha256"] == guardnet.hub.sha256_file(saved / "model.safetensors")
+    assert config["weights_sha256"] == sha256_file(saved / "model.safetensors")
     state = load_file(str(saved / "model.safetensors"))
     assert set(state) == set(calibrated.state_dict())
     assert torch.equal(state["layers.saec.threshold"], calibrated.layers["saec"].threshold)
@@ -194,8 +195,8 @@ def test_loading_builds_from_the_config_without_fetching(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("loading a saved guard fetched weights")
 
-    for name in ("load_model", "load_pretrained", "from_pretrained", "_hub_files"):
-        monkeypatch.setattr(guardnet.hub, name, refuse)
+    for name in ("from_pretrained", "_hub_files"):
+        monkeypatch.setattr(guardnet.weights.resolve, name, refuse)
     monkeypatch.setattr(ContraNetLayer, "from_pretrained", refuse)
     assert_same_results(GuardedModel.from_pretrained(saved), calibrated, images(8, seed=3))
 
@@ -205,11 +206,13 @@ def test_hub_repo_ids_are_fetched_through_the_hub_loader(
 ) -> None:
     calls = []
 
-    def hub_files(repo_id: str, **kwargs: object) -> tuple[Path, Path]:
+    def hub_files(
+        repo_id: str, filenames: tuple[str, ...], **kwargs: object
+    ) -> tuple[list[Path], str]:
         calls.append((repo_id, kwargs["revision"]))
-        return saved / "config.json", saved / "model.safetensors"
+        return [saved / name for name in filenames], f"Hub repo {repo_id!r}"
 
-    monkeypatch.setattr(guardnet.hub, "_hub_files", hub_files)
+    monkeypatch.setattr(guardnet.weights.resolve, "_hub_files", hub_files)
     loaded = GuardedModel.from_pretrained("org/my-guard", revision="v1")
     assert calls == [("org/my-guard", "v1")]
     assert_same_state(loaded, calibrated)
@@ -368,7 +371,7 @@ def test_wrong_format_or_config_is_refused(saved: Path, changes: dict, message: 
 def test_model_folders_and_incomplete_folders_are_refused(tmp_path: Path, saved: Path) -> None:
     from guardnet.nets.small import MnistCNN
 
-    model_folder = guardnet.hub.save_pretrained(
+    model_folder = save_pretrained(
         MnistCNN(), tmp_path / "model", config={"architecture": "MnistCNN", "arch_args": {}}
     )
     with pytest.raises(WeightsError, match=r"holds one model .* guardnet\.from_pretrained"):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from guardnet.hub import list_pretrained
 from guardnet.recipes import list_guards
+from guardnet.weights import list_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

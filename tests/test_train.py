@@ -16,7 +16,6 @@ import guardnet.train.classifier as classifier_module
 from guardnet.cli import main
 from guardnet.data import SplitDataset, dataset_info, load_fixture, resolve_data_root
 from guardnet.errors import DataNotFoundError
-from guardnet.hub import from_pretrained
 from guardnet.train.classifier import (
     LOG_NAME,
     CheckpointError,
@@ -28,6 +27,7 @@ from guardnet.train.classifier import (
     save_checkpoint,
     train_classifier,
 )
+from guardnet.weights import from_pretrained
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -213,7 +213,8 @@ def _fixture_split(name: str, split: str, *, limit: int | None = None, **_: Any)
 
 
 def _check_run(run_dir: Path, argv: list[str]) -> dict[str, Any]:
-    model, config = from_pretrained(run_dir / "model")
+    model = from_pretrained(run_dir / "model")
+    config = model.pretrained_config
     assert config["architecture"] == "MnistCNN" and config["dataset"] == "mnist"
     assert config["num_classes"] == 10
     assert set(config["metrics"]) == {"mnist_test_accuracy", "mnist_val_accuracy"}
@@ -278,9 +279,9 @@ def test_cli_trains_on_real_mnist(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAME", "DATASET", "ARCHITECTURE", "KEY", "METRIC", "WEIGHTS"]
+    assert lines[0].split() == ["NAME", "DATASET", "ARCHITECTURE", "KEY", "METRIC", "HUB", "REPO"]
     row = next(line for line in lines if line.startswith("mnist-cnn"))
-    assert "MnistCNN" in row and "99.39%" in row and "shipped" in row
+    assert "MnistCNN" in row and "99.39%" in row and "guardnet/mnist-cnn" in row
 
 
 def test_train_without_what_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

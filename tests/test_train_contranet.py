@@ -574,12 +574,12 @@ def test_branch_script_keep_dmm_continues_the_shipped_dmm(
 
     import guardnet.data
     from guardnet.cli import main
-    from guardnet.hub import load_model
     from guardnet.train.classifier import load_checkpoint
+    from guardnet.weights import from_pretrained
 
     monkeypatch.setattr(guardnet.data, "load_split", _fixture_split)
     run, argv, _ = cli_run
-    shipped, _ = load_model(run / "model")
+    shipped = from_pretrained(run / "model")
 
     script = str(ROOT / "scripts" / "branch_contranet_fresh_dmm.py")
     branch = tmp_path / "branch"
@@ -604,7 +604,8 @@ def test_branch_script_keep_dmm_continues_the_shipped_dmm(
     longer_argv[longer_argv.index("--out") + 1] = str(branch)
     assert main(longer_argv) == 0
     assert "(4 of 5 epochs done)" in capsys.readouterr().out
-    longer, meta = load_model(branch / "model")
+    longer = from_pretrained(branch / "model")
+    meta = longer.pretrained_config
     assert meta["train_settings"]["dmm_epochs"] == 2
     torch.testing.assert_close(longer.encoder.state_dict(), shipped.encoder.state_dict())
     torch.testing.assert_close(longer.generator.state_dict(), shipped.generator.state_dict())

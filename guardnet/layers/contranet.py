@@ -95,12 +95,13 @@ class ContraNetLayer(Layer):
         Raises:
             WeightsError: the weights are missing, damaged, or not a ContraNet.
         """
-        from guardnet.hub import load_model
+        from guardnet.weights import from_pretrained
 
         name = os.fspath(name_or_path)
-        model, config = load_model(name)
+        model = from_pretrained(name)
         if not isinstance(model, ContraNet):
-            raise WeightsError(f"{name!r} holds a {config.get('architecture')!r}, not a ContraNet")
+            architecture = model.pretrained_config.get("architecture")
+            raise WeightsError(f"{name!r} holds a {architecture!r}, not a ContraNet")
         return cls(model, **kwargs)
 
     def get_config(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Classifier architectures (weights and their metadata live apart, see ``guardnet.hub``)."""
+"""Classifier architectures (weights and their metadata live apart, see ``guardnet.weights``)."""
 
 from guardnet.nets.resnet_cifar import CifarResNet, resnet20, resnet56
 from guardnet.nets.small import MnistCNN, SmallConvNet

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from guardnet.weights.registry import register_architecture
+
 __all__ = ["BasicBlock", "CifarResNet", "PadShortcut", "resnet20", "resnet56"]
 
 
@@ -86,6 +88,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+@register_architecture("CifarResNet")
 class CifarResNet(nn.Module):
     """ResNet of depth 6n+2 for 32x32 images, with option-A shortcuts.
 
@@ -136,6 +139,7 @@ class CifarResNet(nn.Module):
         return self.linear(out.mean(dim=(2, 3)))
 
 
+@register_architecture("resnet20")
 def resnet20(num_classes: int = 10, *, in_channels: int = 3) -> CifarResNet:
     """ResNet20 (n = 3, 0.27 M parameters for 10 classes).
 
@@ -149,6 +153,7 @@ def resnet20(num_classes: int = 10, *, in_channels: int = 3) -> CifarResNet:
     return CifarResNet(20, num_classes, in_channels=in_channels)
 
 
+@register_architecture("resnet56")
 def resnet56(num_classes: int = 10, *, in_channels: int = 3) -> CifarResNet:
     """ResNet56 (n = 9, 0.85 M parameters for 10 classes).
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from guardnet.weights.registry import register_architecture
+
 __all__ = ["MnistCNN", "SmallConvNet"]
 
 
+@register_architecture("MnistCNN")
 class MnistCNN(nn.Module):
     """Two conv layers (32, 64 filters, 3x3), max-pool, two fully connected layers.
 
@@ -46,6 +49,7 @@ class MnistCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+@register_architecture("SmallConvNet")
 class SmallConvNet(nn.Module):
     """Three conv blocks (32, 64, 128 filters) with BatchNorm and a linear head.
 

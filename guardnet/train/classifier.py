@@ -11,7 +11,7 @@ Three levels:
   the same weights as an uninterrupted run.
 * :func:`run_classifier_training`: dataset in, Hub folder out: loads guardnet's seeded splits,
   builds the model (or fine-tunes a pretrained one), trains, reports validation and test accuracy
-  and writes ``RUN_DIR/model`` with :func:`guardnet.hub.save_pretrained` and a model card.
+  and writes ``RUN_DIR/model`` with :func:`guardnet.weights.save_pretrained` and a model card.
 * :func:`fit_classifier` / :func:`evaluate_accuracy`: the simple API of the earlier scripts.
 
 Checkpoints are pickle-free: ``RUN_DIR/checkpoints/epoch-NNNN/`` holds ``checkpoint.safetensors``
@@ -827,9 +827,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _load_init(init: str) -> tuple[nn.Module, dict[str, Any]]:
-    from guardnet.hub import load_model
+    from guardnet.weights import from_pretrained
 
-    return load_model(init)
+    model = from_pretrained(init)
+    return model, model.pretrained_config
 
 
 def _percent(value: float) -> str:
@@ -844,7 +845,7 @@ def _model_card(
     counts: Mapping[str, int],
     accuracy: Mapping[str, float],
 ) -> str:
-    from guardnet.hub import MODEL_CARD_USAGE
+    from guardnet.weights import MODEL_CARD_USAGE
 
     training = config["training"]
     settings = training["settings"]
@@ -952,14 +953,14 @@ def run_classifier_training(
     normalised inputs: the dataset's mean/std, or with ``init`` the pretrained config's. The
     per-epoch validation accuracy uses the ``val`` split; after the last epoch the model is
     evaluated on ``val`` and on the official ``test`` split, and saved with
-    :func:`guardnet.hub.save_pretrained`: ``config.json`` carries the mean/std, the metrics
+    :func:`guardnet.weights.save_pretrained`: ``config.json`` carries the mean/std, the metrics
     (keys name the data, e.g. ``cifar10_jpeg_q75_test_accuracy``) and the training details;
     ``README.md`` is a model card with the command line, wall time and accuracies.
 
     Args:
         dataset: ``"mnist"``, ``"cifar10"`` (the JPEG q75 variant) or ``"gtsrb"`` (any name
             :func:`guardnet.data.dataset_info` knows).
-        arch: A registered architecture (see :func:`guardnet.hub.list_architectures`); may be
+        arch: A registered architecture (see :func:`guardnet.weights.list_architectures`); may be
             None with ``init`` (then the init's architecture).
         out: The run folder: checkpoints, ``train_log.jsonl``, ``model/``.
         settings: Optimiser, schedule, epochs, batch size, seed.
@@ -986,7 +987,7 @@ def run_classifier_training(
         WeightsError: Unknown architecture or ``init``, or ``init`` does not fit the dataset.
         CheckpointError: See :func:`train_classifier`.
     """
-    from guardnet.hub import build_model, save_pretrained
+    from guardnet.weights import build_model, save_pretrained
 
     began = time.perf_counter()
     if threads is not None:

@@ -1192,9 +1192,10 @@ def evaluate_contranet(
 
 def _load_classifier(name_or_path: str, device: torch.device) -> tuple[Callable, dict[str, Any]]:
     from guardnet.guard import Normalize
-    from guardnet.hub import load_model
+    from guardnet.weights import from_pretrained
 
-    model, config = load_model(name_or_path)
+    model = from_pretrained(name_or_path)
+    config = model.pretrained_config
     mean, std = config.get("mean"), config.get("std")
     pipeline = nn.Sequential(Normalize(mean, std), model) if mean is not None else model
     pipeline = pipeline.to(device).eval()
@@ -1268,7 +1269,7 @@ def run_contranet_training(
         ``model_dir``, ``metrics``, ``train_seconds``, ``history``.
     """
     from guardnet.data import dataset_info, load_split
-    from guardnet.hub import save_pretrained
+    from guardnet.weights import save_pretrained
 
     began = time.perf_counter()
     if threads is not None:

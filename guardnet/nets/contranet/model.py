@@ -20,6 +20,7 @@ from guardnet.nets.contranet.discriminator import ContraNetDiscriminator
 from guardnet.nets.contranet.dmm import ContraNetDMM
 from guardnet.nets.contranet.encoder import ContraNetEncoder
 from guardnet.nets.contranet.generator import ContraNetGenerator
+from guardnet.weights.registry import register_architecture
 
 __all__ = ["SCORE_NAMES", "ContraNet", "from_unit_range", "ssim_scores", "to_unit_range"]
 
@@ -74,11 +75,12 @@ def ssim_scores(x: Tensor, x_rebuilt: Tensor, *, window_size: int = 11) -> Tenso
     return ssim(x, x_rebuilt, window_size, max_val=1.0).mean(dim=(1, 2, 3))
 
 
+@register_architecture("ContraNet")
 class ContraNet(nn.Module):
     """Encoder E, generator G (EMA weights after training), Dis and DMM.
 
     Keyword arguments are the fields of :class:`ContraNetConfig`, so
-    ``guardnet.hub.build_model({"architecture": "ContraNet", "arch_args": asdict(config)})``
+    ``guardnet.weights.build_model({"architecture": "ContraNet", "arch_args": asdict(config)})``
     rebuilds it.
 
     Shape:

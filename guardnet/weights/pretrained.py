@@ -1,0 +1,252 @@
+"""The registry of published weights: a name -> its Hub repository, pinned revision and sha256s.
+
+An entry says where a model lives and which files it is; what the model measures (accuracy, TPR,
+FPR, ...) lives in its own ``config.json`` (``metrics``) and model card, never here. The sha256s
+are those of the files in the repository's mirror ``hub/<name>/`` (a test checks they agree), so
+a download from the Hub is accepted only if it is exactly what was registered.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from guardnet.errors import WeightsError
+
+__all__ = [
+    "PRETRAINED",
+    "PretrainedEntry",
+    "find_pretrained",
+    "get_pretrained",
+    "list_pretrained",
+    "register_pretrained",
+]
+
+_COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# "org/name": letters, digits, "-", "_", "." (not leading), as on the Hugging Face Hub.
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+@dataclass(frozen=True)
+class PretrainedEntry:
+    """A published model: where its files live and which files they are.
+
+    Attributes:
+        name: Registry key, e.g. ``"mnist-cnn"``; also the mirror folder ``hub/<name>``.
+        hub_id: Hugging Face Hub repo id, e.g. ``"guardnet/mnist-cnn"``.
+        revision: The Hub commit (40 hex digits) the files were pushed as; None while the repo
+            is not published, in which case a download reads the repo's ``main`` (still checked
+            against the sha256s below).
+        config_sha256: sha256 of the repo's ``config.json``.
+        weights_sha256: sha256 of its ``model.safetensors`` (the config records the same).
+        dataset: Dataset the model was trained on (a :func:`guardnet.data.dataset_info` name).
+        architecture: The config's architecture name.
+        license: SPDX licence identifier of the weights.
+        description: One line about the model.
+
+    Raises:
+        ValueError: A malformed repo id, revision or sha256.
+    """
+
+    name: str
+    hub_id: str
+    revision: str | None
+    config_sha256: str
+    weights_sha256: str
+    dataset: str
+    architecture: str
+    license: str = "Apache-2.0"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not REPO_ID.match(self.hub_id):
+            raise ValueError(f"{self.name}: hub_id {self.hub_id!r} is not 'org/name'")
+        if self.revision is not None and not _COMMIT_HASH.match(self.revision):
+            raise ValueError(
+                f"{self.name}: revision must be a 40-hex commit hash (pinned) or None, got "
+                f"{self.revision!r}"
+            )
+        for field_name in ("config_sha256", "weights_sha256"):
+            if not _SHA256.match(getattr(self, field_name)):
+                raise ValueError(f"{self.name}: {field_name} must be 64 lowercase hex digits")
+
+    @property
+    def sha256(self) -> dict[str, str]:
+        """Expected sha256 by file name."""
+        return {"config.json": self.config_sha256, "model.safetensors": self.weights_sha256}
+
+
+PRETRAINED: dict[str, PretrainedEntry] = {}
+
+
+def register_pretrained(entry: PretrainedEntry) -> PretrainedEntry:
+    """Add ``entry`` to :data:`PRETRAINED`.
+
+    Args:
+        entry: The entry; its name must be new.
+
+    Returns:
+        The entry.
+
+    Raises:
+        ValueError: The name is taken.
+    """
+    if entry.name in PRETRAINED:
+        raise ValueError(f"pretrained model {entry.name!r} is already registered")
+    PRETRAINED[entry.name] = entry
+    return entry
+
+
+def list_pretrained() -> list[PretrainedEntry]:
+    """All registered pretrained models, sorted by name (no file is read).
+
+    Example:
+        >>> "mnist-cnn" in [entry.name for entry in list_pretrained()]
+        True
+    """
+    return [PRETRAINED[name] for name in sorted(PRETRAINED)]
+
+
+def find_pretrained(name_or_repo_id: str) -> PretrainedEntry | None:
+    """The entry registered under a name or a Hub repo id, else None."""
+    entry = PRETRAINED.get(name_or_repo_id)
+    if entry is not None:
+        return entry
+    return next((e for e in PRETRAINED.values() if e.hub_id == name_or_repo_id), None)
+
+
+def get_pretrained(name: str) -> PretrainedEntry:
+    """The entry registered under ``name`` (or its Hub repo id).
+
+    Raises:
+        WeightsError: Nothing is registered under it; the message lists the names.
+    """
+    entry = find_pretrained(name)
+    if entry is None:
+        raise WeightsError(
+            f"unknown pretrained model {name!r}; registered: {', '.join(sorted(PRETRAINED))}"
+        )
+    return entry
+
+
+# Figures for each model: its config.json ("metrics") and model card in hub/<name>/.
+register_pretrained(
+    PretrainedEntry(
+        name="contranet-mnist",
+        hub_id="guardnet/contranet-mnist",
+        revision=None,
+        config_sha256="8d2ee53f59d7b9246af724949c66513df3e2ad0cb086f167644f41f6b5329e83",
+        weights_sha256="07f84d6412b7872c3732ed0273b2d1ddf7729fa3124827b7d1035a94802ca538",
+        dataset="mnist",
+        architecture="ContraNet",
+        license="Apache-2.0",
+        description="ContraNet detector nets for MNIST (G width 32), trained by guardnet.",
+    )
+)
+register_pretrained(
+    PretrainedEntry(
+        name="contranet-gtsrb",
+        hub_id="guardnet/contranet-gtsrb",
+        revision=None,
+        config_sha256="c8202c66c15e64b60c15f4d253bd971cb5eded596802ce0c2ff6c4fd8ca1f2a9",
+        weights_sha256="3174bbf7f22380dc80235249b57cabef0c403b548e5b2b756b9a8a77dacab87d",
+        dataset="gtsrb",
+        architecture="ContraNet",
+        license="Apache-2.0",
+        description="ContraNet detector nets for GTSRB (G width 32), trained by guardnet.",
+    )
+)
+register_pretrained(
+    PretrainedEntry(
+        name="contranet-cifar10",
+        hub_id="guardnet/contranet-cifar10",
+        revision=None,
+        config_sha256="263112f2507bc78aa5f100678db05cce7175b7992b51e5aed69c79f8772b844a",
+        weights_sha256="739b37f88a4ec26ac16a2f9f6481766f488ab90fabc9e32fbc4767d071eec228",
+        dataset="cifar10",
+        architecture="ContraNet",
+        license="Apache-2.0",
+        description=(
+            "ContraNet detector nets for CIFAR-10 (JPEG q75; G width 32, label in G's stem), "
+            "trained by guardnet."
+        ),
+    )
+)
+register_pretrained(
+    PretrainedEntry(
+        name="mnist-cnn",
+        hub_id="guardnet/mnist-cnn",
+        revision=None,
+        config_sha256="60a2cb52b96df33d176c2c383d43597287e3d855c288166ca79812b9685ab322",
+        weights_sha256="c7381b44c3e6734ecff4e33c9cf4873a34f38bf6a1812238b5bc6f4f0f460722",
+        dataset="mnist",
+        architecture="MnistCNN",
+        license="Apache-2.0",
+        description="MNIST reference classifier (MnistCNN, 1.2 M parameters) trained by guardnet.",
+    )
+)
+register_pretrained(
+    PretrainedEntry(
+        name="resnet20-cifar10-akamaster",
+        hub_id="guardnet/resnet20-cifar10-akamaster",
+        revision=None,
+        config_sha256="7f28c1d39a41b961d07c4fc772d903f95f7da637b8f30566c608c19173054895",
+        weights_sha256="f0eeece61ed33b2a1c786c6fc0c677a52deda489a5f8b43aa4983c2d522a5610",
+        dataset="cifar10-exact",
+        architecture="resnet20",
+        license="BSD-2-Clause",
+        description=(
+            "ResNet20 (option A) trained on exact CIFAR-10 by Yerlan Idelbayev "
+            "(pytorch_resnet_cifar10), converted to safetensors."
+        ),
+    )
+)
+register_pretrained(
+    PretrainedEntry(
+        name="resnet56-cifar10-akamaster",
+        hub_id="guardnet/resnet56-cifar10-akamaster",
+        revision=None,
+        config_sha256="308a7f39b3cc09bd36093dd1fa134803bb7c50d78b8d4931162c1334d88e484b",
+        weights_sha256="ee40d632df9c8935a080db036868ee0f161c0b171d921ddd135c9a4300625ae7",
+        dataset="cifar10-exact",
+        architecture="resnet56",
+        license="BSD-2-Clause",
+        description=(
+            "ResNet56 (option A) trained on exact CIFAR-10 by Yerlan Idelbayev "
+            "(pytorch_resnet_cifar10), converted to safetensors."
+        ),
+    )
+)
+register_pretrained(
+    PretrainedEntry(
+        name="resnet20-cifar10jpeg-ft",
+        hub_id="guardnet/resnet20-cifar10jpeg-ft",
+        revision=None,
+        config_sha256="09a0a938e8d7831f0b97ad2a7916efc6a2c0bbd30e37de8dfa8473df7400ec0a",
+        weights_sha256="92a39a1086038e13724d6b3adb5701af7e8269a8b3ed005cb174ced14e7b7028",
+        dataset="cifar10",
+        architecture="resnet20",
+        license="BSD-2-Clause",
+        description=(
+            "resnet20-cifar10-akamaster fine-tuned by guardnet on the CIFAR-10 (JPEG q75) train "
+            "split (8 epochs); BSD-2-Clause as the weights it starts from."
+        ),
+    )
+)
+register_pretrained(
+    PretrainedEntry(
+        name="resnet20-gtsrb",
+        hub_id="guardnet/resnet20-gtsrb",
+        revision=None,
+        config_sha256="0ddfbc7b03c1c8d8967d371b5406feef381b4d37d73b173f4ec73bd8595f621c",
+        weights_sha256="c2b6cfdebd07784035aba7e3d99bad3faaad672e5252e8779c19fa881ab0902b",
+        dataset="gtsrb",
+        architecture="resnet20",
+        license="Apache-2.0",
+        description=(
+            "CIFAR-style ResNet20 (option A) for the 43 GTSRB classes at 32x32, trained by "
+            "guardnet from scratch (15 epochs). GTSRB's research-use terms apply to the data."
+        ),
+    )
+)
