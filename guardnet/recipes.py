@@ -135,14 +135,20 @@ def load_recipe(spec: str | os.PathLike[str] | Mapping[str, Any] | GuardRecipe) 
     )
 
 
-def build_classifier(name: str) -> nn.Module:
-    """A pretrained classifier that takes [0, 1] images (its normalisation prepended), eval mode."""
+def _classifier_and_classes(name: str) -> tuple[nn.Module, int | None]:
+    """:func:`build_classifier`'s model and the class count its config states."""
     from guardnet.hub import load_model
 
     model, config = load_model(name)
     if "mean" not in config or "std" not in config:
         raise ValueError(f"classifier {name!r} has no mean/std in its config")
-    return nn.Sequential(Normalize(config["mean"], config["std"]), model).eval()
+    classifier = nn.Sequential(Normalize(config["mean"], config["std"]), model).eval()
+    return classifier, config.get("num_classes")
+
+
+def build_classifier(name: str) -> nn.Module:
+    """A pretrained classifier that takes [0, 1] images (its normalisation prepended), eval mode."""
+    return _classifier_and_classes(name)[0]
 
 
 def build_guard(
@@ -167,12 +173,12 @@ def build_guard(
         ['saec', 'contranet']
     """
     recipe = load_recipe(spec)
-    classifier = build_classifier(recipe.classifier)
+    classifier, num_classes = _classifier_and_classes(recipe.classifier)
     layers = []
     for entry in recipe.layers:
         kwargs = {k: v for k, v in entry.items() if k != "type"}
         layers.append(LAYER_TYPES[entry["type"]](**kwargs))
-    guard = GuardedModel(classifier, layers, max_batch_size=max_batch_size)
+    guard = GuardedModel(classifier, layers, num_classes=num_classes, max_batch_size=max_batch_size)
     return guard.to(device).eval(), recipe
 
 
