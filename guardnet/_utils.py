@@ -18,6 +18,7 @@ __all__ = [
     "iter_image_batches",
     "json_object_arg",
     "module_device",
+    "module_dtype",
     "sha256_file",
 ]
 
@@ -45,6 +46,14 @@ def module_device(module: nn.Module) -> torch.device | None:
         return tensor.device
     for tensor in module.buffers():
         return tensor.device
+    return None
+
+
+def module_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of the first floating-point parameter or buffer, ``None`` when there is none."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
     return None
 
 

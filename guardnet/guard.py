@@ -11,10 +11,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from guardnet._utils import eval_mode, module_device
+from guardnet._utils import eval_mode, module_device, module_dtype
 from guardnet.errors import NotCalibratedError
 from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
-from guardnet.validation import check_images, check_logits, check_same_device
+from guardnet.validation import (
+    check_images,
+    check_logits,
+    check_same_device,
+    check_same_dtype,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -311,6 +316,7 @@ class GuardedModel(nn.Module):
     def _check_input(self, images: Tensor, *, check_values: bool) -> None:
         check_images(images, channels=self.in_channels, check_values=check_values)
         check_same_device(images, module_device(self), what="guard")
+        check_same_dtype(images, module_dtype(self), what="guard")
 
     def _check_calibrated(self) -> None:
         rejecting = self.rejecting_layers
@@ -509,6 +515,7 @@ class GuardedModel(nn.Module):
         Raises:
             InputShapeError, InputDTypeError, InputValueError, InputRangeError: bad input.
             DeviceMismatchError: input and guard on different devices.
+            InputDTypeError: input and guard weights of different floating dtypes.
             NotCalibratedError: a rejecting layer has no threshold.
         """
         self._check_input(images, check_values=self.validate_inputs)

@@ -380,7 +380,6 @@ def save_guard(
             if model_card is not None
             else guard_model_card(guard, written, title=Path(folder).name)
         ),
-        metadata={"guardnet_type": GUARD_TYPE},
     )
 
 

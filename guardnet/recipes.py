@@ -196,7 +196,12 @@ def build_guard(
     recipe = load_recipe(spec)
     classifier = build_classifier(recipe.classifier)
     layers = [build_recipe_layer(entry) for entry in recipe.layers]
-    guard = GuardedModel(classifier, layers, max_batch_size=max_batch_size)
+    guard = GuardedModel(
+        classifier,
+        layers,
+        num_classes=classifier[1].pretrained_config.get("num_classes"),
+        max_batch_size=max_batch_size,
+    )
     guard.recipe = recipe
     return guard.to(device).eval()
 

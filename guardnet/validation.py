@@ -20,7 +20,7 @@ from guardnet.errors import (
     InputValueError,
 )
 
-__all__ = ["check_images", "check_logits", "check_same_device"]
+__all__ = ["check_images", "check_logits", "check_same_device", "check_same_dtype"]
 
 # Slack for values that left [0, 1] only through float rounding (e.g. an un-normalisation).
 RANGE_TOLERANCE = 1e-6
@@ -127,4 +127,15 @@ def check_same_device(images: Tensor, device: torch.device | None, *, what: str)
     raise DeviceMismatchError(
         f"the input is on {images.device} but the {what} is on {device}; move the input with "
         f"x.to({str(device)!r}) (guardnet never copies inputs between devices behind your back)"
+    )
+
+
+def check_same_dtype(images: Tensor, dtype: torch.dtype | None, *, what: str) -> None:
+    """Raise :class:`InputDTypeError` when floating ``images`` do not have the model's ``dtype``."""
+    if dtype is None or images.dtype == dtype:
+        return
+    raise InputDTypeError(
+        f"the input is {str(images.dtype).removeprefix('torch.')} but the {what}'s weights are "
+        f"{str(dtype).removeprefix('torch.')}; convert the input with x.to({dtype}) or the "
+        f"{what} with .to({images.dtype})"
     )

@@ -1,7 +1,9 @@
-"""Shared pytest configuration: the ``slow`` marker runs only with ``--run-slow``."""
+"""Shared pytest configuration: the ``slow`` marker runs only with ``--run-slow``; fixtures
+used by several test files."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -36,3 +38,24 @@ def flush_denormals() -> Iterator[None]:
     torch.set_flush_denormal(True)
     yield
     torch.set_flush_denormal(False)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Offline mode as huggingface_hub sees it, and a record of (failed) socket use."""
+    import huggingface_hub.constants
+
+    attempts: list[str] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        attempts.append(repr(args[:2]))
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set the flag it actually consults.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert huggingface_hub.constants.is_offline_mode()
+    yield attempts
+    assert attempts == [], f"the Hub path tried the network: {attempts}"

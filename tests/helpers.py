@@ -1,4 +1,5 @@
-"""Small models and one test layer of each kind, to exercise the layer protocol."""
+"""Small models, a tiny ContraNet and one test layer of each kind, to exercise the layer
+protocol."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
+from guardnet.nets.contranet import ContraNet
+
+#: A ContraNet small enough for fast tests (random weights; scores are not meaningful).
+TINY_CONTRANET = dict(
+    g_ch=2, d_ch=2, dmm_backbone="cnn", dmm_width=0.25, encoder_features=16, dmm_hidden=16
+)
+
+
+def tiny_contranet(num_classes: int = 10, channels: int = 1, seed: int = 0) -> ContraNet:
+    """A randomly initialised tiny ContraNet in eval mode, seeded."""
+    torch.manual_seed(seed)
+    return ContraNet(num_classes=num_classes, in_channels=channels, **TINY_CONTRANET).eval()
 
 
 class TinyClassifier(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -109,6 +110,7 @@ def test_guard_memory_is_bounded_by_chunking() -> None:
     assert large < 3 * small
 
 
+@pytest.mark.slow  # times and counts the authors' full-size ContraNet
 def test_cli_bench_guard_recipe_with_the_authors_architecture(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = ["bench", "--guard", "mnist-contranet", "--compare-authors", "--batch-sizes", "2"]

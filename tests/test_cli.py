@@ -45,6 +45,7 @@ def test_demo_runs_offline(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ms/image" in out
 
 
+@pytest.mark.slow  # a second full demo run: calibration, attacks and the report
 def test_demo_runner_up_budget_reports_its_split(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--limit", "32", "--eps", "0.3", "--budget", "runner_up"]) == 0
     out = capsys.readouterr().out

@@ -20,7 +20,6 @@ from guardnet import (
     InputDTypeError,
     InputRangeError,
     InputShapeError,
-    InputValueError,
     NotCalibratedError,
     SAECLayer,
 )
@@ -238,13 +237,6 @@ class TestBadInput:
         with pytest.raises(InputDTypeError, match=r"must be a torch\.Tensor"):
             guard([[0.0]])  # type: ignore[arg-type]
 
-    @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-    def test_nan_inf(self, guard: GuardedModel, value: float) -> None:
-        x = torch.rand(2, 3, 16, 16)
-        x[1, 2, 3, 4] = value
-        with pytest.raises(InputValueError, match="1 NaN or Inf"):
-            guard(x)
-
     @pytest.mark.parametrize("value", [-0.1, 1.5, 255.0])
     def test_out_of_range(self, guard: GuardedModel, value: float) -> None:
         x = torch.rand(2, 3, 16, 16)
@@ -255,13 +247,6 @@ class TestBadInput:
     def test_validation_can_be_switched_off(self) -> None:
         guard = calibrated(GuardedModel(TinyClassifier(), [SAECLayer()], validate_inputs=False))
         guard(torch.rand(2, 3, 16, 16) * 2)  # no range check
-
-    def test_empty_batch(self, guard: GuardedModel) -> None:
-        result = guard(torch.rand(0, 3, 16, 16))
-        assert result.labels.shape == (0,)
-        assert result.rejected.shape == (0,)
-        assert result.logits.shape == (0, 10)
-        assert result.scores["saec"].shape == (0,)
 
     def test_device_mismatch(self, guard: GuardedModel) -> None:
         guard.to("meta")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from weights_helpers import (
     COMMIT_B,
     TINY_CONFIG,
     hub_cache,
-    offline,
     outputs,
     randomised,
     sha256,
@@ -67,11 +65,6 @@ ROUND_TRIP_CASES: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
         (2, 1, 32, 32),
     ),
 }
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    yield from offline(monkeypatch)
 
 
 def _rewrite_weights(folder: Path, state: dict[str, Tensor]) -> None:

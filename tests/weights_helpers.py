@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,29 +84,6 @@ def hub_cache(cache: Path, repo_id: str, snapshots: dict[str, Path], main: str) 
                 shutil.copyfile(blob, snapshot / name)
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(main)
-
-
-def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Offline mode as huggingface_hub sees it, and a record of (failed) socket use.
-
-    The body of a fixture: ``yield from offline(monkeypatch)``.
-    """
-    import huggingface_hub.constants
-
-    attempts: list[str] = []
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        attempts.append(repr(args[:2]))
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set the flag it actually consults.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert huggingface_hub.constants.is_offline_mode()
-    yield attempts
-    assert attempts == [], f"the Hub path tried the network: {attempts}"
 
 
 def use_hf_cache(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:

@@ -149,7 +149,8 @@ class ContraNetLayer(Layer):
     def _rebuild(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """ContraNet's input (32x32, [-1, 1]) and its rebuild under ``labels``."""
         self._check(images)
-        x = to_unit_range(images, self.net.config.image_size)
+        dtype = next(self.net.parameters()).dtype  # float64 images into float32 nets and back
+        x = to_unit_range(images.to(dtype), self.net.config.image_size)
         x = x.contiguous(memory_format=self.memory_format)
         rebuilt = self.net.rebuild(
             x, labels, sample=self.sample, generator=self._generator(x.device)

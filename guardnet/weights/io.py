@@ -233,7 +233,6 @@ def write_folder(
     config: dict[str, Any],
     *,
     card: Callable[[dict[str, Any]], str],
-    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a Hub-layout folder: ``model.safetensors``, then ``config.json``, then the card.
 
@@ -246,7 +245,6 @@ def write_folder(
         state: The tensors to store (CPU, contiguous, not sharing memory).
         config: The JSON-serialisable config; ``weights_sha256`` is added to it in place.
         card: Builds the model card from the written config.
-        metadata: safetensors metadata besides ``{"format": "pt"}``.
 
     Returns:
         The folder's path.
@@ -255,7 +253,9 @@ def write_folder(
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_NAME
     partial = folder / (WEIGHTS_NAME + ".partial")
-    save_file(dict(state), str(partial), metadata={"format": "pt", **(metadata or {})})
+    # One metadata key: safetensors stores metadata as a map whose order is not fixed, and
+    # saving the same state twice must give the same bytes.
+    save_file(dict(state), str(partial), metadata={"format": "pt"})
     os.replace(partial, weights)
     config["weights_sha256"] = sha256_file(weights)
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
