@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_classifier(train_sub)
     _add_train_contranet(train_sub)
     _add_bench(sub)
-    from guardnet.eval.command import add_eval_parser
+    from guardnet.cli.eval import add_eval_parser
 
     add_eval_parser(sub)
     return parser
@@ -569,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         return _bench(args, command)
     if args.command == "eval":
-        from guardnet.eval.command import run_eval
+        from guardnet.cli.eval import run_eval
 
         return run_eval(args, command)
     if args.command == "train":
@@ -581,7 +581,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     parser.print_help()
     return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
