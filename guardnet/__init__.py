@@ -11,39 +11,85 @@ Example:
     (torch.Size([8]), torch.Size([8]))
 """
 
-from guardnet.calibration import CalibrationReport, LayerCalibration, threshold_at_fpr
-from guardnet.errors import (
-    CalibrationError,
-    CheckpointError,
-    ConfigError,
-    DataNotFoundError,
-    DeviceMismatchError,
-    GuardnetError,
-    InputDTypeError,
-    InputRangeError,
-    InputShapeError,
-    InputValueError,
-    NotCalibratedError,
-    WeightsError,
-)
-from guardnet.guard import GuardAttackView, GuardedModel, GuardResult, Normalize
-from guardnet.layers import (
-    ContraNetLayer,
-    Layer,
-    LayerInput,
-    LayerKind,
-    LayerOutput,
-    SAECLayer,
-    saec_score,
-)
-from guardnet.weights import (
-    from_pretrained,
-    list_pretrained,
-    register_architecture,
-    save_pretrained,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# The public names and the modules that define them. They are imported on first access
+# (PEP 562 module ``__getattr__``), so that importing a torch-free part of the package, such as
+# the command line for ``guardnet --version``, does not import torch. The same names appear in
+# the ``TYPE_CHECKING`` block below (for type checkers and editors) and in ``__all__``;
+# tests/test_cli.py checks that the three agree.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "guardnet.calibration": ("CalibrationReport", "LayerCalibration", "threshold_at_fpr"),
+    "guardnet.errors": (
+        "CalibrationError",
+        "CheckpointError",
+        "ConfigError",
+        "DataNotFoundError",
+        "DeviceMismatchError",
+        "GuardnetError",
+        "InputDTypeError",
+        "InputRangeError",
+        "InputShapeError",
+        "InputValueError",
+        "NotCalibratedError",
+        "WeightsError",
+    ),
+    "guardnet.guard": ("GuardAttackView", "GuardedModel", "GuardResult", "Normalize"),
+    "guardnet.layers": (
+        "ContraNetLayer",
+        "Layer",
+        "LayerInput",
+        "LayerKind",
+        "LayerOutput",
+        "SAECLayer",
+        "saec_score",
+    ),
+    "guardnet.weights": (
+        "from_pretrained",
+        "list_pretrained",
+        "register_architecture",
+        "save_pretrained",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+if TYPE_CHECKING:
+    from guardnet.calibration import CalibrationReport, LayerCalibration, threshold_at_fpr
+    from guardnet.errors import (
+        CalibrationError,
+        CheckpointError,
+        ConfigError,
+        DataNotFoundError,
+        DeviceMismatchError,
+        GuardnetError,
+        InputDTypeError,
+        InputRangeError,
+        InputShapeError,
+        InputValueError,
+        NotCalibratedError,
+        WeightsError,
+    )
+    from guardnet.guard import GuardAttackView, GuardedModel, GuardResult, Normalize
+    from guardnet.layers import (
+        ContraNetLayer,
+        Layer,
+        LayerInput,
+        LayerKind,
+        LayerOutput,
+        SAECLayer,
+        saec_score,
+    )
+    from guardnet.weights import (
+        from_pretrained,
+        list_pretrained,
+        register_architecture,
+        save_pretrained,
+    )
 
 __all__ = [
     "CalibrationError",
@@ -78,3 +124,17 @@ __all__ = [
     "save_pretrained",
     "threshold_at_fpr",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first access, then keep it in this module."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,14 +1,11 @@
-"""Small internal helpers shared by the guard, calibration and the CLI."""
+"""Small internal helpers shared across the package (tensor batching, eval mode, hashing)."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +13,6 @@ from torch import Tensor, nn
 __all__ = [
     "eval_mode",
     "iter_image_batches",
-    "json_object_arg",
     "module_device",
     "module_dtype",
     "sha256_file",
@@ -110,14 +106,3 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def json_object_arg(text: str) -> dict[str, Any]:
-    """Parse an option's JSON object (argparse ``type``)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from guardnet import GuardedModel
 from guardnet.cli import main
+from guardnet.cli.eval import _budget_arg, parse_eps
 from guardnet.eval.attacks import AdversarialCache
-from guardnet.eval.command import _budget_arg, parse_eps
 from guardnet.eval.harness import AttackPlan, evaluate_guard, format_eps, format_report
 from guardnet.layers import LayerInput, LayerOutput
 from guardnet.recipes import load_recipe

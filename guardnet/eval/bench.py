@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from guardnet.guard import GuardedModel
@@ -141,6 +140,10 @@ def measure_latency(
         ``images_per_s`` (batch / median) and ``runs`` (timed blocks of
         ``blocked_autorange``; each block runs the statement one or more times).
     """
+    # Imported here: torch.utils.benchmark imports torch.utils.cpp_extension, which logs a CUDA
+    # warning on CPU machines; importing guardnet.eval for its metrics does not need it.
+    from torch.utils.benchmark import Timer
+
     for _ in range(warmup):
         fn(example_input)
     timer = Timer(
