@@ -280,8 +280,8 @@ def _add_data_args(
         type=int,
         choices=[1, 3],
         default=None,
-        help="with --data-dir: convert the images to 1 (grey) or 3 (RGB) channels (default: as "
-        "--image-size, else 3)",
+        help="with --data-dir: convert the images to 1 (grey) or 3 (RGB) channels (default: "
+        "those of the pretrained model, as for --image-size, else 3)",
     )
 
 
