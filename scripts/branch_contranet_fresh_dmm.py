@@ -41,20 +41,26 @@ from typing import Any
 import torch
 
 from guardnet.nets.contranet import ContraNet, ContraNetConfig
-from guardnet.train.classifier import load_checkpoint, save_checkpoint
-from guardnet.train.contranet import DATASET_DEFAULTS, ContraNetTrainSettings, _Dist, _Trainer
+from guardnet.train import (
+    ContraNetTrainSettings,
+    contranet_settings,
+    load_checkpoint,
+    save_checkpoint,
+)
+from guardnet.train.contranet_trainer import ContraNetTrainer
+from guardnet.train.distributed import DistContext
 
 
-def seeded_trainer(config: ContraNetConfig, settings: ContraNetTrainSettings) -> _Trainer:
+def seeded_trainer(config: ContraNetConfig, settings: ContraNetTrainSettings) -> ContraNetTrainer:
     """A trainer built as ``guardnet train contranet`` builds it (same seed, CPU)."""
-    return _Trainer(
+    return ContraNetTrainer(
         config,
         settings,
         torch.zeros(2, config.in_channels, 32, 32),
         torch.zeros(2, dtype=torch.long),
         None,
         torch.device("cpu"),
-        _Dist(),
+        DistContext(),
         False,
     )
 
@@ -68,7 +74,7 @@ def from_checkpoint(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     if len(history) != args.units or any(r["stage"].startswith("dmm") for r in history):
         raise SystemExit(f"the first {args.units} units of {args.source} are not all pre-DMM")
     config = dataclasses.replace(ContraNetConfig(**source["config"]), **args.arch_args)
-    settings = ContraNetTrainSettings(**(DATASET_DEFAULTS.get(args.dataset, {}) | args.settings))
+    settings = contranet_settings(args.dataset, **args.settings)
     # The DMM and its optimiser are a seeded trainer's; the rest (other nets and optimisers,
     # RNG streams, EMA step count) is the source's.
     fresh = seeded_trainer(config, settings).state(args.units)

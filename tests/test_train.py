@@ -12,11 +12,11 @@ from helpers import TinyClassifier
 from safetensors import safe_open
 from torch import Tensor, nn
 
-import guardnet.train.classifier as classifier_module
+import guardnet.data as classifier_module  # where the trainers read guardnet's splits
 from guardnet.cli import main
 from guardnet.data import SplitDataset, dataset_info, load_fixture, resolve_data_root
 from guardnet.errors import DataNotFoundError
-from guardnet.train.classifier import (
+from guardnet.train import (
     LOG_NAME,
     CheckpointError,
     TrainSettings,

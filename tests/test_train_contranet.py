@@ -22,19 +22,20 @@ from guardnet.errors import CheckpointError
 from guardnet.guard import Normalize
 from guardnet.nets.contranet import ContraNet, ContraNetConfig, to_unit_range
 from guardnet.nets.resnet_cifar import CifarResNet
-from guardnet.train.classifier import latest_checkpoint, load_checkpoint
-from guardnet.train.contranet import (
+from guardnet.train import (
     ContraNetTrainSettings,
-    _Dist,
-    _dmm_init_from,
-    _supcon_cross_modal,
-    _Trainer,
     contranet_from_checkpoint,
     evaluate_contranet,
+    latest_checkpoint,
+    load_checkpoint,
     pgd_linf,
     train_contranet,
     wrong_labels,
 )
+from guardnet.train.contranet_trainer import ContraNetTrainer as _Trainer
+from guardnet.train.distributed import DistContext as _Dist
+from guardnet.train.losses import supcon_cross_modal as _supcon_cross_modal
+from guardnet.train.run import _dmm_init_from
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ContraNetConfig(
@@ -451,7 +452,7 @@ _DDP_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     from safetensors.torch import save_file
     from guardnet.nets.contranet import ContraNetConfig
-    from guardnet.train.contranet import ContraNetTrainSettings, train_contranet
+    from guardnet.train import ContraNetTrainSettings, train_contranet
 
     torch.set_num_threads(1)
     out = sys.argv[1]
@@ -574,7 +575,7 @@ def test_branch_script_keep_dmm_continues_the_shipped_dmm(
 
     import guardnet.data
     from guardnet.cli import main
-    from guardnet.train.classifier import load_checkpoint
+    from guardnet.train import load_checkpoint
     from guardnet.weights import from_pretrained
 
     monkeypatch.setattr(guardnet.data, "load_split", _fixture_split)

@@ -1,11 +1,13 @@
 """``guardnet train``: train classifiers and ContraNet detectors (``train classifier``,
-``train contranet``)."""
+``train contranet``), on guardnet's datasets or on your own ImageFolder tree (``--data-dir``)."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from guardnet.cli._args import json_object_arg
 
@@ -33,6 +35,56 @@ def _print_help(parser: argparse.ArgumentParser, args: argparse.Namespace, comma
 
 _DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 
+_DATA_DIR_HELP = (
+    "your own images instead of --dataset: a torchvision ImageFolder tree, "
+    "PATH/train/CLASS/IMAGE and PATH/val/CLASS/IMAGE (PATH/test/ optional), every split with the "
+    "same class folders; the images are resized to --image-size and converted to --channels, "
+    "and the model is named after the folder"
+)
+
+
+def _add_data_args(
+    parser: argparse.ArgumentParser, *, dataset_help: str, choices: Sequence[str] | None = None
+) -> None:
+    """The training data options both ``train`` subcommands share."""
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--dataset", choices=choices, help=dataset_help)
+    data.add_argument("--data-dir", default=None, metavar="PATH", help=_DATA_DIR_HELP)
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --data-dir: resize the images to N x N (default: the input size of the "
+        "pretrained model the run starts from or protects, else 32)",
+    )
+    parser.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        default=None,
+        help="with --data-dir: convert the images to 1 (grey) or 3 (RGB) channels (default: "
+        "those of the pretrained model, as for --image-size, else 3)",
+    )
+
+
+def _data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The data fields of a training options object, from the ``train`` arguments."""
+    return {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "image_size": args.image_size,
+        "channels": args.channels,
+        "root": args.root,
+    }
+
+
+def _data_name(args: argparse.Namespace) -> str:
+    """What default run folders are named after: the dataset, or the --data-dir folder."""
+    from pathlib import Path
+
+    return args.dataset if args.dataset is not None else Path(args.data_dir).resolve().name
+
 
 def _add_train_classifier(train_sub: argparse._SubParsersAction) -> None:
     """Add ``train classifier`` and its options to the ``train`` subparsers."""
@@ -40,18 +92,19 @@ def _add_train_classifier(train_sub: argparse._SubParsersAction) -> None:
         "classifier",
         help="train or fine-tune an image classifier",
         description="Train a classifier on guardnet's seeded train split (validation accuracy "
-        "after every epoch, official test split at the end) and save it as a Hub folder "
+        "after every epoch, official test split at the end), or on your own ImageFolder tree "
+        "(--data-dir), and save it as a Hub folder "
         "(RUN_DIR/model: config.json with the normalisation, model.safetensors, model card). "
         "Every epoch writes a pickle-free checkpoint and a line in RUN_DIR/train_log.jsonl; "
         "--resume continues an interrupted run with the same result as an uninterrupted one.",
-        epilog="example: guardnet train classifier --dataset mnist --arch MnistCNN --epochs 8 "
-        "--out runs/mnist-cnn",
+        epilog="examples: guardnet train classifier --dataset mnist --arch MnistCNN --epochs 8 "
+        "--out runs/mnist-cnn; guardnet train classifier --data-dir data/flowers --arch "
+        "resnet20 --image-size 32 --epochs 20",
     )
-    cls.add_argument(
-        "--dataset",
-        required=True,
+    _add_data_args(
+        cls,
+        dataset_help="training data; cifar10 is CIFAR-10 (JPEG q75)",
         choices=["mnist", "cifar10", "gtsrb"],
-        help="training data; cifar10 is CIFAR-10 (JPEG q75)",
     )
     cls.add_argument(
         "--arch",
@@ -119,7 +172,9 @@ def _add_train_classifier(train_sub: argparse._SubParsersAction) -> None:
         help="evaluate on seeded subsets of N validation / test images (smoke runs)",
     )
     cls.add_argument(
-        "--no-augment", action="store_true", help="no data augmentation (default: per dataset)"
+        "--no-augment",
+        action="store_true",
+        help="no data augmentation (default: per dataset; --data-dir images get none)",
     )
     cls.add_argument(
         "--threads",
@@ -137,7 +192,7 @@ def _add_train_classifier(train_sub: argparse._SubParsersAction) -> None:
 
 def _epochs_arg(text: str) -> tuple[str, int]:
     stage, sep, count = text.partition("=")
-    from guardnet.train.contranet import STAGES
+    from guardnet.train.settings import STAGES
 
     if not sep or stage not in STAGES or not count.isdigit():
         raise argparse.ArgumentTypeError(
@@ -151,15 +206,17 @@ def _add_train_contranet(train_sub: argparse._SubParsersAction) -> None:
     cn = train_sub.add_parser(
         "contranet",
         help="train a ContraNet detector (three stages)",
-        description="Train ContraNet's networks on guardnet's train split, stage by stage "
+        description="Train ContraNet's networks on guardnet's train split or on your own "
+        "ImageFolder tree (--data-dir), stage by stage "
         "(gan, aux, dis, dmm_pretrain, dmm; see guardnet.train.contranet), and save the "
         "inference nets as a Hub folder (RUN_DIR/model). Every epoch writes a pickle-free "
         "checkpoint; a rerun with the same RUN_DIR resumes. Runs unchanged under torchrun "
         "(DistributedDataParallel; gloo on CPU, NCCL on CUDA).",
-        epilog="example: guardnet train contranet --dataset mnist --classifier mnist-cnn "
-        '--arch-args \'{"g_ch": 8, "d_ch": 8}\' --epochs gan=4 --out runs/contranet-mnist',
+        epilog="examples: guardnet train contranet --dataset mnist --classifier mnist-cnn "
+        '--arch-args \'{"g_ch": 8, "d_ch": 8}\' --epochs gan=4 --out runs/contranet-mnist; '
+        "guardnet train contranet --data-dir data/flowers --classifier runs/flowers/model",
     )
-    cn.add_argument("--dataset", required=True, help="mnist, gtsrb or cifar10 (JPEG q75)")
+    _add_data_args(cn, dataset_help="mnist, gtsrb or cifar10 (JPEG q75)")
     cn.add_argument("--out", default=None, help="run folder (default runs/contranet-DATASET)")
     cn.add_argument("--preset", choices=["small", "authors"], default="small")
     cn.add_argument(
@@ -205,29 +262,18 @@ def _run_contranet(args: argparse.Namespace, command: str) -> int:
     """Run ``guardnet train contranet``; errors guardnet explains go to stderr, exit code 2."""
     from guardnet.data import dataset_info
     from guardnet.errors import GuardnetError
-    from guardnet.train.contranet import (
-        DATASET_DEFAULTS,
-        ContraNetTrainSettings,
-        run_contranet_training,
-    )
+    from guardnet.train import ContraNetTrainingOptions, contranet_settings, run_contranet_training
 
     try:
-        name = dataset_info(args.dataset).name
-        fields = dict(DATASET_DEFAULTS.get(name, {}))
-        fields.update({f"{stage}_epochs": n for stage, n in args.epochs})
-        fields.update(args.settings or {})
-        for key in ("betas", "adv_eps"):
-            if isinstance(fields.get(key), list):
-                fields[key] = tuple(fields[key])
-        settings = ContraNetTrainSettings(**fields)
-        run_contranet_training(
-            dataset=name,
-            out=args.out or f"runs/contranet-{name}",
-            settings=settings,
+        dataset = dataset_info(args.dataset).name if args.dataset is not None else None
+        fields = {f"{stage}_epochs": n for stage, n in args.epochs} | (args.settings or {})
+        options = ContraNetTrainingOptions(
+            out=args.out or f"runs/contranet-{dataset or _data_name(args)}",
+            **(_data_options(args) | {"dataset": dataset}),
+            settings=contranet_settings(dataset, **fields),
             preset=args.preset,
             arch_args=args.arch_args,
             classifier=args.classifier,
-            root=args.root,
             limit=args.limit,
             eval_limit=args.eval_limit,
             resume=not args.no_resume,
@@ -237,6 +283,7 @@ def _run_contranet(args: argparse.Namespace, command: str) -> int:
             command=command,
             log=lambda line: print(line, flush=True),
         )
+        run_contranet_training(options)
     except (GuardnetError, ValueError, TypeError) as exc:
         print(f"guardnet train contranet: error: {exc}", file=sys.stderr)
         return 2
@@ -246,13 +293,12 @@ def _run_contranet(args: argparse.Namespace, command: str) -> int:
 def _run_classifier(args: argparse.Namespace, command: str) -> int:
     """Run ``guardnet train classifier``; errors guardnet explains go to stderr, exit code 2."""
     from guardnet.errors import GuardnetError
-    from guardnet.train.classifier import TrainSettings, run_classifier_training
+    from guardnet.train import ClassifierTrainingOptions, TrainSettings, run_classifier_training
 
     if args.arch is None and args.init is None:
         print("guardnet train classifier: error: give --arch or --init", file=sys.stderr)
         return 2
     name = args.arch or args.init.rstrip("/").rsplit("/", 1)[-1]
-    out = args.out or f"runs/{args.dataset}-{name}-seed{args.seed}"
     try:
         settings = TrainSettings(
             epochs=args.epochs,
@@ -265,14 +311,13 @@ def _run_classifier(args: argparse.Namespace, command: str) -> int:
             label_smoothing=args.label_smoothing,
             seed=args.seed,
         )
-        run_classifier_training(
-            dataset=args.dataset,
+        options = ClassifierTrainingOptions(
+            out=args.out or f"runs/{_data_name(args)}-{name}-seed{args.seed}",
+            **_data_options(args),
             arch=args.arch,
-            out=out,
-            settings=settings,
             arch_args=args.arch_args,
             init=args.init,
-            root=args.root,
+            settings=settings,
             limit=args.limit,
             eval_limit=args.eval_limit,
             augment=not args.no_augment,
@@ -283,6 +328,7 @@ def _run_classifier(args: argparse.Namespace, command: str) -> int:
             command=command,
             log=lambda line: print(line, flush=True),
         )
+        run_classifier_training(options)
     except (GuardnetError, ValueError) as exc:
         print(f"guardnet train classifier: error: {exc}", file=sys.stderr)
         return 2
