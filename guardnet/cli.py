@@ -8,6 +8,8 @@ Subcommands:
                        seeded, resumable, saved as a Hub folder with a model card.
     bench              the cost of protection: latency, throughput and FLOPs of pretrained
                        classifiers guarded by SAEC against the bare classifiers.
+    measure, ship      measure trained models; write the folders guardnet ships (see
+                       guardnet.cli_tools; also ``train branch-contranet``).
 
 ``calibrate`` and ``eval`` arrive with their issues.
 """
@@ -84,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_classifier(train_sub)
     _add_train_contranet(train_sub)
     _add_bench(sub)
+    from guardnet.cli_tools import add_tool_parsers
+
+    add_tool_parsers(sub, train_sub)
     from guardnet.eval.command import add_eval_parser
 
     add_eval_parser(sub)
@@ -572,6 +577,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from guardnet.eval.command import run_eval
 
         return run_eval(args, command)
+    from guardnet.cli_tools import run_tool
+
+    tool = run_tool(args, command)
+    if tool is not None:
+        return tool
     if args.command == "train":
         if args.train_command == "classifier":
             return _train_classifier(args, command)

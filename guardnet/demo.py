@@ -1,8 +1,8 @@
 """``guardnet demo``: an offline tour of the guard on shipped MNIST data.
 
 Everything it needs ships inside the package: a clean validation fixture (for calibration), a
-test fixture (for the numbers) and a small MNIST classifier trained by
-``scripts/train_quick_classifiers.py``.
+test fixture (for the numbers) and the small MNIST classifier ``mnist-cnn`` (its model card
+says how it was trained).
 """
 
 from __future__ import annotations
