@@ -128,7 +128,10 @@ def test_bad_options_are_refused_before_any_work(options, error, message) -> Non
         measure_contranet("contranet-mnist", "mnist-cnn", "mnist", **{"eps": [0.1], **options})
 
 
-def test_cli_measure_contranet_writes_the_report(tmp_path, fixtures, capsys) -> None:
+def test_cli_measure_contranet_writes_the_report(
+    tmp_path, fixtures, capsys, flush_denormals
+) -> None:
+    """(The command flushes denormal floats for the process; the fixture restores that.)"""
     out = tmp_path / "report.json"
     argv = ["measure", "contranet", "--dataset", "mnist", "--contranet", "contranet-mnist"]
     argv += ["--classifier", "mnist-cnn", "--eps", "0.3", "--steps", "2", "--cw-steps", "0"]
