@@ -12,7 +12,7 @@ authors' architecture is timed in both memory formats, and the speed-up compares
 Usage:
     python benchmarks/bench_contranet.py --contranet runs/contranet-mnist/model --batch 64 \
         --threads 2 --variants channels_last contiguous compile \
-        --json benchmarks/results/contranet_speed.json
+        --json benchmarks/results/contranet_speed_mnist.json
 """
 
 from __future__ import annotations

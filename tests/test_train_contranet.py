@@ -567,12 +567,8 @@ def test_cli_trains_a_contranet(cli_run, tmp_path, monkeypatch, capsys) -> None:
     assert "43 classes" in capsys.readouterr().err
 
 
-def test_branch_script_keep_dmm_continues_the_shipped_dmm(
-    cli_run, tmp_path, monkeypatch, capsys
-) -> None:
-    """``scripts/branch_contranet_fresh_dmm.py --keep-dmm``: shipped weights -> a resumable run."""
-    import runpy
-
+def test_branch_keep_dmm_continues_the_shipped_dmm(cli_run, tmp_path, monkeypatch, capsys) -> None:
+    """``guardnet train branch-contranet --keep-dmm``: shipped weights -> a resumable run."""
     import guardnet.data
     from guardnet.cli import main
     from guardnet.train import load_checkpoint
@@ -581,18 +577,14 @@ def test_branch_script_keep_dmm_continues_the_shipped_dmm(
     monkeypatch.setattr(guardnet.data, "load_split", _fixture_split)
     run, argv, _ = cli_run
     shipped = from_pretrained(run / "model")
-
-    script = str(ROOT / "scripts" / "branch_contranet_fresh_dmm.py")
     branch = tmp_path / "branch"
+    branch_argv = ["train", "branch-contranet", "--source-model", str(run / "model")]
+    branch_argv += ["--out", str(branch), "--keep-dmm"]
 
-    def run_script(*args: str) -> None:
-        monkeypatch.setattr(sys, "argv", [script, *args])
-        runpy.run_path(script, run_name="__main__")
-
-    with pytest.raises(SystemExit, match="--keep-dmm needs --source-model"):
-        run_script("--source-model", str(run / "model"), "--out", str(branch),
-                   "--keep-dmm", "--arch-args", '{"dmm_hidden": 8}')  # fmt: skip
-    run_script("--source-model", str(run / "model"), "--out", str(branch), "--keep-dmm")
+    assert main([*branch_argv, "--arch-args", '{"dmm_hidden": 8}']) == 2
+    assert "keep_dmm needs source_model and no arch_args" in capsys.readouterr().err
+    assert not branch.exists()
+    assert main(branch_argv) == 0
     assert "(4 units)" in capsys.readouterr().out  # gan, dis, dmm_pretrain and dmm: all done
     state = load_checkpoint(branch / "checkpoints" / "epoch-0004")
     assert [r["stage"] for r in state["history"]] == ["gan", "dis", "dmm_pretrain", "dmm"]

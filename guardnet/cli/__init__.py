@@ -10,6 +10,9 @@ Subcommands, one module of this package each:
     bench              the cost of protection: latency, throughput and FLOPs of guarded
                        classifiers against the bare classifiers (:mod:`.bench`).
     eval               measure a guard against standard and adaptive attacks (:mod:`.eval`).
+    measure            measure a trained ContraNet or a classifier on real data (:mod:`.measure`).
+    ship               write the folders guardnet ships (:mod:`.ship`).
+    train branch-contranet  branch a ContraNet run before its DMM stages (:mod:`.train`).
     hub push           publish the repository's hub/ mirror to the Hugging Face Hub (:mod:`.hub`).
 
 Adding a subcommand: write a module ``guardnet/cli/<name>.py`` with a function
@@ -36,7 +39,7 @@ from collections.abc import Iterator, Sequence
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The subcommands' modules, in the order ``guardnet --help`` lists them.
-COMMANDS = ("demo", "models", "train", "bench", "eval", "hub")
+COMMANDS = ("demo", "models", "train", "bench", "eval", "measure", "ship", "hub")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["json_object_arg"]
+__all__ = ["guarded", "json_object_arg"]
 
 
 def json_object_arg(text: str) -> dict[str, Any]:
@@ -32,3 +34,27 @@ def json_object_arg(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
+
+
+def guarded(
+    name: str, runner: Callable[[argparse.Namespace, str], object]
+) -> Callable[[argparse.Namespace, str], int]:
+    """A subcommand handler around ``runner``: exit code 0, or 2 with the message on stderr for
+    an error guardnet explains (``GuardnetError``).
+
+    Args:
+        name: The subcommand as typed after ``guardnet`` (e.g. ``"measure contranet"``).
+        runner: Runs the command from its arguments and command line.
+    """
+
+    def run(args: argparse.Namespace, command: str) -> int:
+        from guardnet.errors import GuardnetError
+
+        try:
+            runner(args, command)
+        except GuardnetError as exc:
+            print(f"guardnet {name}: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    return run

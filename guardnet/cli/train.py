@@ -7,9 +7,10 @@ import argparse
 import functools
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from guardnet.cli._args import json_object_arg
+from guardnet.cli._args import guarded, json_object_arg
 
 __all__ = ["add_parser"]
 
@@ -25,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train_sub = train.add_subparsers(dest="train_command", metavar="WHAT")
     _add_train_classifier(train_sub)
     _add_train_contranet(train_sub)
+    _add_train_branch(train_sub)
 
 
 def _print_help(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> int:
@@ -333,3 +335,48 @@ def _run_classifier(args: argparse.Namespace, command: str) -> int:
         print(f"guardnet train classifier: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _add_train_branch(train_sub: argparse._SubParsersAction) -> None:
+    p = train_sub.add_parser(
+        "branch-contranet",
+        help="branch a ContraNet run before its DMM stages, with a fresh (or the shipped) DMM",
+        description="Write a run folder holding a ContraNet run's encoder, generators and "
+        "discriminators with a freshly built DMM (or, with --keep-dmm, the shipped one), so "
+        "that `guardnet train contranet --out OUT` with new DMM settings resumes at the DMM "
+        "stages (guardnet.train.branch).",
+        epilog="example: guardnet train branch-contranet --source-model contranet-gtsrb --out "
+        "runs/contranet-gtsrb-more-dmm --keep-dmm",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--source", help="a checkpoint folder of the run")
+    source.add_argument("--source-model", help="shipped ContraNet weights: a name or folder")
+    p.add_argument("--out", required=True, help="the new run folder")
+    p.add_argument("--units", type=int, help="units before dmm_pretrain (--source)")
+    p.add_argument("--dataset", help="for the dataset's default settings (--source)")
+    p.add_argument(
+        "--arch-args", type=json_object_arg, default={}, metavar="JSON", help="DMM size overrides"
+    )
+    p.add_argument(
+        "--settings", type=json_object_arg, default={}, metavar="JSON", help="setting overrides"
+    )
+    p.add_argument(
+        "--keep-dmm", action="store_true", help="keep the shipped DMM (--source-model only)"
+    )
+    p.set_defaults(run=guarded("train branch-contranet", _train_branch))
+
+
+def _train_branch(args: argparse.Namespace, command: str) -> None:
+    from guardnet.train.branch import branch_contranet
+
+    written, units = branch_contranet(
+        args.out,
+        source=args.source,
+        source_model=args.source_model,
+        units=args.units,
+        dataset=args.dataset,
+        arch_args=args.arch_args,
+        settings=args.settings,
+        keep_dmm=args.keep_dmm,
+    )
+    print(f"wrote {written} and {Path(args.out) / 'train_log.jsonl'} ({units} units)")

@@ -9,7 +9,7 @@ must be calibrated on the validation fixtures, never on the test fixtures.
 The files live in ``guardnet/assets/fixtures/`` as safetensors with the keys ``images`` (uint8
 ``(N, C, H, W)``), ``labels`` (int64 ``(N,)``) and ``indices`` (int64 positions in the official
 test set for test fixtures, in the official training set for validation fixtures), plus string
-metadata stating their provenance. They are made by ``scripts/make_fixtures.py``;
+metadata stating their provenance. They are made by ``guardnet ship fixtures``;
 ``guardnet/assets/fixtures/README.md`` documents them.
 """
 
@@ -120,7 +120,7 @@ def _resource(spec: FixtureSpec) -> Traversable:
     if not resource.is_file():
         raise DataNotFoundError(
             f"Fixture file {spec.filename} is missing from guardnet/assets/fixtures/; "
-            "regenerate it with `python scripts/make_fixtures.py`."
+            "regenerate it with `guardnet ship fixtures`."
         )
     return resource
 

@@ -23,7 +23,7 @@ No public implementation exists; these are guardnet's stated design choices, eac
 - several SRM kernels may be used at once; each gives a variance and ``reduction`` combines them
   (``"mean"``, or ``"min"``: the most noise-like view decides).
 
-The defaults were chosen on *validation* data (``scripts/tune_saec.py``; the test split was not
+The defaults were chosen on *validation* data (``benchmarks/tune_saec.py``; the test split was not
 used): a bank of KV plus the horizontal and vertical 2nd-order residuals, averaged, with 256 bins
 over the narrow range [-0.01, 0.01]. A narrow, finely binned range measures how many residuals are
 (nearly) zero, which small noise destroys; the paper-like single KV kernel with 64 bins over

@@ -10,7 +10,7 @@ channels, half after), so shortcuts add no parameters.
 
 Module names (``conv1``, ``bn1``, ``layer1..3.{i}.conv1/bn1/conv2/bn2``, ``linear``) match the
 widely used checkpoints of Yerlan Idelbayev's ``pytorch_resnet_cifar10`` once their ``module.``
-prefix is stripped (see ``scripts/convert_akamaster.py``).
+prefix is stripped (see :func:`guardnet.ship.convert_akamaster`).
 """
 
 from __future__ import annotations

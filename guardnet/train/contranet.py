@@ -291,7 +291,7 @@ def evaluate_contranet(
     Rebuild quality under the true label (L2 on [-1, 1], SSIM on [0, 1]) and how often each
     rejector scores the true-label rebuild as more consistent than a wrong-label one (DMM
     probability, Dis logit, SSIM): 1.0 is perfect, 0.5 is chance. Detection rates against
-    attacks are measured separately (``scripts/measure_contranet.py``).
+    attacks are measured separately (``guardnet measure contranet``).
     """
     model = model.eval()
     device = next(model.parameters()).device

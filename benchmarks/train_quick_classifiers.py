@@ -4,7 +4,7 @@ Each model is saved as ``<out>/<dataset>/model.safetensors`` + ``config.json`` +
 (normalisation is the model's first module, so it takes [0, 1] images).
 
 Usage:
-    python scripts/train_quick_classifiers.py --datasets mnist gtsrb cifar10 --out runs/quick
+    python benchmarks/train_quick_classifiers.py --datasets mnist gtsrb cifar10 --out runs/quick
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ContraNet detects an adversarial example only if ``G(E(x), y)`` draws class ``y``: when the
 classifier is fooled into ``y_adv``, the rebuild under ``y_adv`` should then contradict ``x``.
-This script measures that on clean validation images, before any DMM epoch is spent on a run:
+This benchmark measures that on clean validation images, before any DMM epoch is spent on a run:
 
 - ``true_label_agreement``: the protected classifier labels ``G(E(x), y_true)`` as ``y_true``;
 - ``wrong_label_agreement``: it labels ``G(E(x), y_wrong)`` as ``y_wrong`` (a random other
@@ -16,7 +16,7 @@ It reads a Hub folder (``RUN_DIR/model``, a shipped name) or a training checkpoi
 (``RUN_DIR/checkpoints/epoch-NNNN``, using the EMA generator).
 
 Usage:
-    python scripts/contranet_label_fidelity.py --contranet runs/contranet-cifar10/model \
+    python benchmarks/contranet_label_fidelity.py --contranet runs/contranet-cifar10/model \
         --classifier resnet20-cifar10jpeg-ft --dataset cifar10 --limit 1000
 """
 
@@ -24,22 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from guardnet.data import load_split
+from guardnet.eval.measure import contranet_layer
 from guardnet.layers.contranet import ContraNetLayer
 from guardnet.nets.contranet import from_unit_range, to_unit_range
 from guardnet.recipes import build_classifier
-from guardnet.train.contranet import contranet_from_checkpoint
-
-
-def load_layer(source: str) -> ContraNetLayer:
-    if (Path(source) / "checkpoint.json").is_file():
-        return ContraNetLayer(contranet_from_checkpoint(source))
-    return ContraNetLayer.from_pretrained(source)
 
 
 @torch.inference_mode()
@@ -100,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    layer = load_layer(args.contranet)
+    layer = contranet_layer(args.contranet)
     classifier = build_classifier(args.classifier)
     val = load_split(args.dataset, "val", limit=args.limit)
     result = label_fidelity(layer, classifier, val.images, val.labels, seed=args.seed)

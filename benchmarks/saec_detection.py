@@ -4,14 +4,14 @@ Protocol (per dataset):
 - threshold: ``GuardedModel.calibrate`` on the clean *validation* split at ``--fpr``;
 - FPR: on the clean test split; TPR: on test images with uniform noise (values kept as float,
   and also rounded to 8-bit levels as a saved image would be) and with PGD-L-inf examples from
-  torchattacks against the quick classifier of ``scripts/train_quick_classifiers.py``;
+  torchattacks against the quick classifier of ``benchmarks/train_quick_classifiers.py``;
 - separation: AUROC of clean test vs each perturbed set;
 - the paper's own calibration (clean training images vs noisy copies, best Youden J) is
   reported beside it;
 - speed: images/s of the SAEC layer at batch 256 (torch.utils.benchmark).
 
 Usage:
-    python scripts/measure_saec.py --datasets mnist gtsrb cifar10 --models runs/quick \
+    python benchmarks/saec_detection.py --datasets mnist gtsrb cifar10 --models runs/quick \
         --json benchmarks/results/saec_detection.json
 """
 
@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from guardnet import GuardedModel, SAECLayer
 from guardnet.data import dataset_info, load_split
 from guardnet.eval import auroc, tpr_at_threshold
+from guardnet.eval.measure import pgd_examples
 from guardnet.guard import Normalize
 from guardnet.nets import MnistCNN, SmallConvNet
 
@@ -48,14 +49,6 @@ def load_quick_model(dataset: str, models: Path) -> nn.Module:
 
 def eps_label(dataset: str, eps: float) -> str:
     return f"{eps:g}" if dataset == "mnist" else f"{round(eps * 255)}/255"
-
-
-def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, seed: int) -> Tensor:
-    import torchattacks
-
-    torch.manual_seed(seed)
-    attack = torchattacks.PGD(model, eps=eps, alpha=eps / 8, steps=steps, random_start=True)
-    return torch.cat([attack(a, b) for a, b in zip(x.split(250), y.split(250), strict=True)])
 
 
 def speed(layer: SAECLayer, channels: int, size: int, batch: int = 256) -> float:
@@ -116,7 +109,9 @@ def measure(dataset: str, args: argparse.Namespace) -> dict:
         clean_acc = float((model(x_att).argmax(1) == y_att).float().mean())
     for eps in PGD_EPS[kind]:
         start = time.perf_counter()
-        adv = pgd(model, x_att, y_att, eps, args.steps, args.seed)
+        adv = pgd_examples(
+            model, x_att, y_att, eps, steps=args.steps, seed=args.seed, alpha=eps / 8
+        )
         with torch.no_grad():
             adv_acc = float((model(adv).argmax(1) == y_att).float().mean())
         seconds = time.perf_counter() - start
@@ -170,7 +165,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results = {
-        "command": "python scripts/measure_saec.py "
+        "command": "python benchmarks/saec_detection.py "
         + " ".join(
             f"--{k.replace('_', '-')} {v}"
             for k, v in vars(args).items()

@@ -13,7 +13,7 @@ attacked (torchattacks PGD-L-inf, ``--steps`` steps, on the classifier only) and
 F_real still puts nearest their true class: what the DMM needs to flag them.
 
 Usage:
-    python scripts/contranet_dmm_probe.py --contranet runs/RUN/checkpoints/epoch-0004 \
+    python benchmarks/contranet_dmm_probe.py --contranet runs/RUN/checkpoints/epoch-0004 \
         --dataset cifar10 --train-limit 3000 --limit 1000 \
         --classifier resnet20-cifar10jpeg-ft --eps 0.0078431 0.0313725
 """
@@ -22,19 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from contranet_label_fidelity import load_layer
-from measure_contranet import pgd_examples
-
 from guardnet.data import load_split
 from guardnet.data.datasets import SplitDataset
+from guardnet.eval.measure import contranet_layer, pgd_examples
 from guardnet.layers.contranet import ContraNetLayer
 from guardnet.nets.contranet import to_unit_range
 from guardnet.recipes import build_classifier
@@ -124,7 +119,7 @@ def main() -> None:
         parser.error("--eps needs --classifier")
     if args.threads:
         torch.set_num_threads(args.threads)
-    layer = load_layer(args.contranet)
+    layer = contranet_layer(args.contranet)
     train = load_split(args.dataset, "train", limit=args.train_limit)
     val = load_split(args.dataset, "val", limit=args.limit)
     result = probe_dmm(layer, train, val)

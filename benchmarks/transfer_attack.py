@@ -6,7 +6,7 @@ an independently trained net. Attacks: torchattacks PGD-L-inf (``--steps`` steps
 start) on the seeded test images that the source classifier gets right.
 
 Usage:
-    python scripts/transfer_attack.py --dataset cifar10 --source resnet20-cifar10jpeg-ft \
+    python benchmarks/transfer_attack.py --dataset cifar10 --source resnet20-cifar10jpeg-ft \
         --target resnet56-cifar10-akamaster --eps 0.0078431 0.0156863 0.0313725 --limit 500
 """
 
@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure_contranet import pgd_examples
-
 from guardnet.data import load_split
+from guardnet.eval.measure import pgd_examples
 from guardnet.recipes import build_classifier
 
 

@@ -4,7 +4,7 @@ For each configuration: threshold at 5% FPR on clean validation half A, then TPR
 uniform noise of each amplitude (and the FPR on clean half B). The test split is never touched.
 
 Usage:
-    python scripts/tune_saec.py --datasets gtsrb cifar10 --limit 4000
+    python benchmarks/tune_saec.py --datasets gtsrb cifar10 --limit 4000
 """
 
 from __future__ import annotations
