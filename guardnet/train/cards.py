@@ -101,10 +101,10 @@ def classifier_card(
             f"{_percent(accuracy['test'])} |"
         )
     lines += ["", "## Command", "", "```bash"]
-    for entry in result.sessions:
+    for entry in result.invocations:
         command = entry.get("command") or "(library call)"
         first, last = entry["start_epoch"] + 1, entry["end_epoch"]
-        if len(result.sessions) > 1:
+        if len(result.invocations) > 1:
             done = f"epochs {first}-{last}" if last > first else f"epoch {last}"
             done = done if last >= first else "evaluation and saving only"
             lines.append(f"# {done}")

@@ -118,22 +118,23 @@ class TrainResult:
     """What :func:`train_classifier` did.
 
     Attributes:
-        history: One record per epoch of the whole run (earlier sessions included):
+        history: One record per epoch of the whole run (earlier invocations included):
             ``epoch``, ``loss``, ``train_acc``, ``val_acc`` (if validation data was given),
             ``lr`` (at the epoch's end) and ``seconds`` (wall time of the epoch, validation
             included).
         resumed_from: The epoch the run continued from (0: started fresh).
-        sessions: One entry per session that trained this run (``start_epoch``, ``end_epoch``
-            and the ``session`` mapping given to :func:`train_classifier`).
+        invocations: One entry per call that trained this run, a resumed run having several
+            (``start_epoch``, ``end_epoch`` and the ``invocation`` mapping given to
+            :func:`train_classifier`).
     """
 
     history: list[dict[str, Any]]
     resumed_from: int = 0
-    sessions: list[dict[str, Any]] = field(default_factory=list)
+    invocations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def train_seconds(self) -> float:
-        """Training wall time summed over all epochs and sessions."""
+        """Training wall time summed over all epochs and invocations."""
         return float(sum(record["seconds"] for record in self.history))
 
 
@@ -232,7 +233,7 @@ def train_classifier(
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     run_info: Mapping[str, Any] | None = None,
-    session: Mapping[str, Any] | None = None,
+    invocation: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -267,8 +268,8 @@ def train_classifier(
         resume: Continue from the newest checkpoint in ``run_dir``.
         run_info: JSON-serialisable description of the run (data, architecture, ...), stored in
             checkpoints; a resumed run must have the same.
-        session: JSON-serialisable description of this session (e.g. the command line), kept in
-            :attr:`TrainResult.sessions`.
+        invocation: JSON-serialisable description of this call (e.g. the command line), kept
+            in :attr:`TrainResult.invocations`.
         device: Where to train; default the model's device.
         progress: Show a tqdm progress bar per epoch.
         log: Receives one line per epoch.
@@ -307,7 +308,7 @@ def train_classifier(
     optimizer = _make_optimizer(model, settings)
     scheduler = _make_scheduler(optimizer, settings, settings.epochs * steps)
     history: list[dict[str, Any]] = []
-    sessions: list[dict[str, Any]] = []
+    invocations: list[dict[str, Any]] = []
     start = 0
 
     checkpoint = latest_checkpoint(run_path) if run_path is not None else None
@@ -333,11 +334,13 @@ def train_classifier(
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"cannot restore {checkpoint}: {exc}") from exc
         _restore_rng(state["rng"], shuffle)
-        history, sessions, start = list(state["history"]), list(state["sessions"]), state["epoch"]
+        history, start = list(state["history"]), state["epoch"]
+        # Checkpoints written by guardnet 0.1.0 keep the same list under its earlier key.
+        invocations = list(state.get("invocations", state.get("sessions", [])))
         log(f"resuming {run_path} after epoch {start}/{settings.epochs}")
     elif resume:
         log(f"no checkpoint in {run_path}: starting at epoch 1")
-    sessions.append({"start_epoch": start, "end_epoch": start, **dict(session or {})})
+    invocations.append({"start_epoch": start, "end_epoch": start, **dict(invocation or {})})
     if run_path is not None:
         run_path.mkdir(parents=True, exist_ok=True)
         write_log(run_path / LOG_NAME, history)
@@ -374,7 +377,7 @@ def train_classifier(
         record["lr"] = float(scheduler.get_last_lr()[0])
         record["seconds"] = time.perf_counter() - began
         history.append(record)
-        sessions[-1]["end_epoch"] = epoch
+        invocations[-1]["end_epoch"] = epoch
         log(_format_record(record, settings.epochs))
         if run_path is not None:
             state = {
@@ -384,7 +387,7 @@ def train_classifier(
                 "scheduler": scheduler.state_dict(),
                 "rng": _rng_state(shuffle, run_on),
                 "history": history,
-                "sessions": sessions,
+                "invocations": invocations,
                 "settings": settings.to_dict(),
                 "run_info": info,
                 "train_size": n,
@@ -393,7 +396,7 @@ def train_classifier(
             with open(run_path / LOG_NAME, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
     model.eval()
-    return TrainResult(history=history, resumed_from=start, sessions=sessions)
+    return TrainResult(history=history, resumed_from=start, invocations=invocations)
 
 
 def fit_classifier(

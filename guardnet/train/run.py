@@ -198,7 +198,7 @@ def run_classifier_training(options: ClassifierTrainingOptions) -> dict[str, Any
         run_dir=o.out,
         resume=o.resume,
         run_info=run_info,
-        session={"command": o.command},
+        invocation={"command": o.command},
         device=run_on,
         progress=o.progress,
         log=o.log,
@@ -235,7 +235,7 @@ def run_classifier_training(options: ClassifierTrainingOptions) -> dict[str, Any
             "device": str(run_on),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
-            "commands": [entry.get("command") for entry in result.sessions],
+            "commands": [entry.get("command") for entry in result.invocations],
             "history": result.history,
         },
     }
