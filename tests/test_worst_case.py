@@ -136,9 +136,11 @@ def test_harness_reports_worst_case_curves_and_convergence() -> None:
     assert curves["bpda"]["eps"] == [0.02, 0.4] and curves["bpda"]["success"][-1] > 0.9
     assert curves["bpda"]["warning"] is None
     assert "may be broken" in curves["square"]["warning"]  # 5 queries at <= 0.05: nothing
-    check = report["attacks"]["bpda eps=0.4 fpr=0.05"]["convergence"]
+    (check,) = report["attacks"]["bpda eps=0.4 fpr=0.05"]["convergence"]
     assert check["param"] == "steps" and check["value"] == 40
     assert check["attack"]["params"]["steps"] == 40
+    (check,) = report["attacks"]["square eps=0.05 fpr=0.05"]["convergence"]
+    assert check["param"] == "queries" and check["value"] == 10
     assert report["attack_settings"]["seed"] == 0
     # Every attack hyper-parameter is in the report, which is JSON-serialisable.
     params = report["attacks"]["square eps=0.05 fpr=0.05"]["attack"]["params"]
@@ -148,3 +150,25 @@ def test_harness_reports_worst_case_curves_and_convergence() -> None:
     text = format_report(report)
     assert "worst case per example" in text and "budget curves" in text
     assert "WARNING" in text and "steps x2" in text
+
+
+def test_convergence_doubles_each_named_parameter_the_attack_has() -> None:
+    guard = toy_guard()
+    val, _ = toy_split(200, 0)
+    x, y = toy_split(20, 1)
+    plan = AttackPlan("smooth", adaptive=True, eps=0.4, params={"steps": 10}, fpr=0.05)
+    report = evaluate_guard(
+        guard,
+        val_images=val,
+        test_images=x,
+        test_labels=y,
+        plans=[plan],
+        fprs=(0.05,),
+        convergence=["restarts", "steps", "queries"],  # smooth has no queries: skipped
+        log=lambda _: None,
+    )
+    checks = report["attacks"][plan.label]["convergence"]
+    assert [(c["param"], c["value"]) for c in checks] == [("restarts", 2), ("steps", 20)]
+    assert report["attack_settings"]["convergence"] == ["restarts", "steps", "queries"]
+    (row,) = report["worst_case"]
+    assert set(row["runs"]) == {plan.label, f"{plan.label} restarts=2", f"{plan.label} steps=20"}

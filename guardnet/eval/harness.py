@@ -248,7 +248,7 @@ def _linf_budget(plan: AttackPlan, attack: Attack) -> float | None:
     return plan.eps if str(norm).lower() in ("linf", "inf") else None
 
 
-#: Parameters that set an attack's effort, doubled by the convergence check (first one found).
+#: Parameters that set an attack's effort: ``convergence=True`` doubles the first one found.
 _EFFORT = ("steps", "queries", "iterations")
 
 
@@ -285,7 +285,7 @@ def evaluate_guard(
     progress: bool = False,
     keep_examples: int = 8,
     min_success: float = MIN_SUCCESS,
-    convergence: bool = False,
+    convergence: bool | Sequence[str] = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Calibrate on ``val_images``, attack ``test_images``, measure. See the module docstring.
@@ -309,9 +309,11 @@ def evaluate_guard(
             successful ones.
         min_success: success (fooled and passed) an adaptive attack should reach at the
             largest budget of its curve; below it, the curve carries a warning.
-        convergence: rerun every adaptive attack with its effort (``steps``, ``queries`` or
-            ``iterations``) doubled and report the change of robust accuracy (the rerun also
-            takes part in the worst case).
+        convergence: ``True``: rerun every adaptive attack with its effort (``steps``,
+            ``queries`` or ``iterations``, the first it has) doubled and report the change of
+            robust accuracy; a list of parameter names (e.g. ``["steps", "restarts",
+            "eot_samples"]``): one rerun per name the attack has, that parameter doubled. The
+            reruns take part in the worst case.
         log: receives one line per step.
 
     Returns:
@@ -398,25 +400,28 @@ def evaluate_guard(
             )
             curve.setdefault("points", [])
             curve["points"].append((plan.eps, 1.0 - first["acc_rob"]))
-        effort = next((k for k in _EFFORT if k in attack.params()), None)
-        if convergence and plan.adaptive and effort is not None:
-            doubled = 2 * attack.params()[effort]
-            params = {**plan.params, effort: doubled}
-            twice = AttackPlan(plan.name, adaptive=True, eps=plan.eps, params=params, fpr=plan.fpr)
+        params = attack.params()
+        if convergence is True:
+            efforts = [next((k for k in _EFFORT if k in params), None)]
+        else:
+            efforts = list(convergence or [])
+        for effort in efforts if plan.adaptive else []:
+            if effort is None or not isinstance(params.get(effort), int):
+                continue
+            doubled = 2 * params[effort]
+            more = {**plan.params, effort: doubled}
+            twice = AttackPlan(plan.name, adaptive=True, eps=plan.eps, params=more, fpr=plan.fpr)
             again = _build_attack(twice, guard, batch_size=batch_size, seed=seed, progress=progress)
             adv2 = (cache.run if cache is not None else _call)(again, attacked_x, attacked_y)
             run2 = _run(guard, adv2)
-            fpr0 = judged_at[0]
-            m2 = _attack_metrics(guard, clean_run, run2, y, thresholds[fpr0])
-            entry["convergence"] = {
-                "attack": again.config(),
-                **convergence_check(effort, doubled, first["acc_rob"], m2["acc_rob"]),
-            }
+            m2 = _attack_metrics(guard, clean_run, run2, y, thresholds[judged_at[0]])
+            check = convergence_check(effort, doubled, first["acc_rob"], m2["acc_rob"])
+            entry.setdefault("convergence", []).append({"attack": again.config(), **check})
             outcomes[f"{plan.label} {effort}={doubled}"] = _outcome(
                 guard, run2, attacked_x, adv2, y, thresholds
             )
-            if entry["convergence"]["warning"]:
-                log(f"{plan.label}: {entry['convergence']['warning']}")
+            if check["warning"]:
+                log(f"{plan.label}: {check['warning']}")
         order = torch.argsort((~success).to(torch.int8), stable=True)[:keep_examples]
         examples[plan.label] = torch.stack([attacked_x.cpu()[order], adv.cpu()[order]])
     _apply_thresholds(guard, thresholds[fprs[0]])
@@ -449,7 +454,7 @@ def evaluate_guard(
             "seed": seed,
             "linf_tolerance": LINF_TOLERANCE,
             "min_success": min_success,
-            "convergence": convergence,
+            "convergence": convergence if isinstance(convergence, bool) else list(convergence),
         },
         "cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
         "seconds": time.perf_counter() - began,
@@ -499,8 +504,7 @@ def format_report(report: Mapping[str, Any]) -> str:
                 f"{guard_auc:>8.3f}{_pct(m['acc_rob']):>9}{_pct(m['acc_rc']):>8}"
                 f"{entry['seconds']:>7.0f}  {per}"
             )
-            check = entry.get("convergence")
-            if check:
+            for check in entry.get("convergence", []):
                 lines.append(
                     f"{'':<30}{'':>6}  {check['param']} x2 -> Acc_rob "
                     f"{_pct(check['robust_accuracy']).strip()} ({check['change']:+.1%})"
