@@ -166,7 +166,7 @@ def test_adaptive_attacks_check_their_arguments() -> None:
         DetectorLossPGD(guard, eps=0.1, weights={"nope": 1.0})
     with pytest.raises(ValueError, match="unknown adaptive attack"):
         make_adaptive_attack("nope", guard, eps=0.1)
-    assert set(ADAPTIVE_ATTACKS) == {"bpda", "detector", "selective", "orthogonal"}
+    assert {"bpda", "detector", "selective", "orthogonal"} <= set(ADAPTIVE_ATTACKS)
 
 
 def test_attack_checks_inputs() -> None:

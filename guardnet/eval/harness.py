@@ -14,10 +14,17 @@ Protocol (the honest one; every number it reports follows it):
    inputs the guarded system handles right (rejected, or accepted with the true label: equal to
    Acc_rob unless a reform layer corrects labels); AUROC per score and for the guard's combined
    score (the largest margin over its rejectors), clean test vs successful examples.
+5. Worst case per example: at each L-inf budget and target FPR, the share of attacked images
+   that no attack run (within that budget, judged at that FPR) turned into an input that fools
+   the classifier and passes the guard, next to each run's own figure.
+6. Sanity checks: each adaptive attack's success (fooled and passed) against its budgets, flagged
+   when it stays far below 100% at the largest budget (the attack may be broken); optionally
+   the change of robust accuracy when each adaptive attack's effort doubles.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +43,8 @@ from guardnet.eval.attacks import (
     make_attack,
 )
 from guardnet.eval.metrics import auroc, detection_accuracy, robust_accuracy, roc_curve
+from guardnet.eval.sanity import MIN_SUCCESS, budget_curve, convergence_check
+from guardnet.eval.worst_case import LINF_TOLERANCE, RunOutcome, worst_case_table
 from guardnet.guard import GuardedModel
 
 __all__ = ["AttackPlan", "ClassifierView", "evaluate_guard", "format_report"]
@@ -231,6 +240,36 @@ def _build_attack(
     return make_attack(plan.name, ClassifierView(guard), num_classes=guard.num_classes, **kwargs)
 
 
+def _linf_budget(plan: AttackPlan, attack: Attack) -> float | None:
+    """The plan's budget if it is an L-inf one (keys of the worst-case table)."""
+    if plan.eps is None:
+        return None
+    norm = attack.params().get("norm", "L2" if plan.name.endswith("l2") else "Linf")
+    return plan.eps if str(norm).lower() in ("linf", "inf") else None
+
+
+#: Parameters that set an attack's effort: ``convergence=True`` doubles the first one found.
+_EFFORT = ("steps", "queries", "iterations")
+
+
+def _outcome(
+    guard: GuardedModel,
+    run: Mapping[str, Any],
+    clean: Tensor,
+    adv: Tensor,
+    labels: Tensor,
+    thresholds: Mapping[float, Mapping[str, tuple[float, float]]],
+) -> RunOutcome:
+    fooled = run["classifier_labels"] != labels
+    return RunOutcome(
+        linf=(adv.cpu() - clean.cpu()).flatten(1).abs().amax(dim=1),
+        success={
+            f"{fpr:g}": fooled & ~_rejections(guard, run["scores"], t)[1]
+            for fpr, t in thresholds.items()
+        },
+    )
+
+
 def evaluate_guard(
     guard: GuardedModel,
     *,
@@ -245,6 +284,8 @@ def evaluate_guard(
     seed: int = 0,
     progress: bool = False,
     keep_examples: int = 8,
+    min_success: float = MIN_SUCCESS,
+    convergence: bool | Sequence[str] = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Calibrate on ``val_images``, attack ``test_images``, measure. See the module docstring.
@@ -266,6 +307,13 @@ def evaluate_guard(
         progress: progress bars.
         keep_examples: adversarial examples kept per attack (for pictures), from the first
             successful ones.
+        min_success: success (fooled and passed) an adaptive attack should reach at the
+            largest budget of its curve; below it, the curve carries a warning.
+        convergence: ``True``: rerun every adaptive attack with its effort (``steps``,
+            ``queries`` or ``iterations``, the first it has) doubled and report the change of
+            robust accuracy; a list of parameter names (e.g. ``["steps", "restarts",
+            "eot_samples"]``): one rerun per name the attack has, that parameter doubled. The
+            reruns take part in the worst case.
         log: receives one line per step.
 
     Returns:
@@ -309,6 +357,9 @@ def evaluate_guard(
     attacked_y = test_labels[correct.to(test_labels.device)]
     results: dict[str, Any] = {}
     examples: dict[str, Tensor] = {}
+    outcomes: dict[str, RunOutcome] = {}
+    budgets: set[float] = set()
+    curves: dict[str, dict[str, Any]] = {}
     for plan in plans:
         tick = time.perf_counter()
         if plan.adaptive:
@@ -337,9 +388,55 @@ def evaluate_guard(
             f"{plan.label:<28} success {first['attack_success_rate']:6.1%}  TPR "
             f"{first['tpr']:6.1%}  Acc_rob {first['acc_rob']:6.1%}  ({seconds:.0f} s)"
         )
+        outcomes[plan.label] = _outcome(guard, adv_run, attacked_x, adv, y, thresholds)
+        linf_eps = _linf_budget(plan, attack)
+        if linf_eps is not None:
+            budgets.add(linf_eps)
+        if plan.adaptive and plan.eps is not None:
+            key = json.dumps([plan.name, judged_at[0], dict(plan.params)], sort_keys=True)
+            curve = curves.setdefault(
+                key,
+                {"attack": plan.name, "fpr": judged_at[0], "params": dict(plan.params)},
+            )
+            curve.setdefault("points", [])
+            curve["points"].append((plan.eps, 1.0 - first["acc_rob"]))
+        params = attack.params()
+        if convergence is True:
+            efforts = [next((k for k in _EFFORT if k in params), None)]
+        else:
+            efforts = list(convergence or [])
+        for effort in efforts if plan.adaptive else []:
+            if effort is None or not isinstance(params.get(effort), int):
+                continue
+            doubled = 2 * params[effort]
+            more = {**plan.params, effort: doubled}
+            twice = AttackPlan(plan.name, adaptive=True, eps=plan.eps, params=more, fpr=plan.fpr)
+            again = _build_attack(twice, guard, batch_size=batch_size, seed=seed, progress=progress)
+            adv2 = (cache.run if cache is not None else _call)(again, attacked_x, attacked_y)
+            run2 = _run(guard, adv2)
+            m2 = _attack_metrics(guard, clean_run, run2, y, thresholds[judged_at[0]])
+            check = convergence_check(effort, doubled, first["acc_rob"], m2["acc_rob"])
+            entry.setdefault("convergence", []).append({"attack": again.config(), **check})
+            outcomes[f"{plan.label} {effort}={doubled}"] = _outcome(
+                guard, run2, attacked_x, adv2, y, thresholds
+            )
+            if check["warning"]:
+                log(f"{plan.label}: {check['warning']}")
         order = torch.argsort((~success).to(torch.int8), stable=True)[:keep_examples]
         examples[plan.label] = torch.stack([attacked_x.cpu()[order], adv.cpu()[order]])
     _apply_thresholds(guard, thresholds[fprs[0]])
+    worst = worst_case_table(outcomes, budgets=sorted(budgets), fprs=[f"{f:g}" for f in all_fprs])
+    for row in worst:
+        log(
+            f"worst case eps={format_eps(row['eps'])} fpr={row['fpr']}: robust accuracy "
+            f"{row['robust_accuracy']:.1%} over {len(row['runs'])} runs"
+        )
+    budget_curves = []
+    for curve in curves.values():
+        checked = budget_curve(curve.pop("points"), min_success=min_success)
+        budget_curves.append({**curve, **checked})
+        if checked["warning"]:
+            log(f"{curve['attack']} fpr={curve['fpr']:g}: {checked['warning']}")
     return {
         "protocol": __doc__.split("Protocol")[1].strip() if __doc__ else "",
         "fprs": list(fprs),
@@ -350,6 +447,15 @@ def evaluate_guard(
         "calibration": {f"{k:g}": v for k, v in calibrations.items()},
         "clean": clean,
         "attacks": results,
+        "worst_case": worst,
+        "budget_curves": budget_curves,
+        "attack_settings": {
+            "batch_size": batch_size,
+            "seed": seed,
+            "linf_tolerance": LINF_TOLERANCE,
+            "min_success": min_success,
+            "convergence": convergence if isinstance(convergence, bool) else list(convergence),
+        },
         "cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
         "seconds": time.perf_counter() - began,
         "examples": examples,
@@ -398,4 +504,49 @@ def format_report(report: Mapping[str, Any]) -> str:
                 f"{guard_auc:>8.3f}{_pct(m['acc_rob']):>9}{_pct(m['acc_rc']):>8}"
                 f"{entry['seconds']:>7.0f}  {per}"
             )
+            for check in entry.get("convergence", []):
+                lines.append(
+                    f"{'':<30}{'':>6}  {check['param']} x2 -> Acc_rob "
+                    f"{_pct(check['robust_accuracy']).strip()} ({check['change']:+.1%})"
+                    + (f"  WARNING: {check['warning']}" if check["warning"] else "")
+                )
+    lines.extend(_format_worst_case(report.get("worst_case") or []))
+    lines.extend(_format_curves(report.get("budget_curves") or []))
     return "\n".join(lines)
+
+
+def _format_worst_case(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "worst case per example (robust: no run within the budget fooled the classifier and "
+        "passed the guard); below each, every run's own Acc_rob within the budget and the "
+        "images only it broke",
+        f"{'eps':<10}{'FPR':>6}{'robust':>9}",
+    ]
+    for row in rows:
+        lines.append(
+            f"{format_eps(row['eps']):<10}{row['fpr']:>6}{_pct(row['robust_accuracy']):>9}"
+        )
+        for label, value in row["runs"].items():
+            only = row.get("only_run", {}).get(label, 0)
+            lines.append(
+                f"{'':<16}{_pct(value):>9}  {label}" + (f"  (only: {only})" if only else "")
+            )
+    return lines
+
+
+def _format_curves(curves: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not curves:
+        return []
+    lines = ["", "budget curves of the adaptive attacks (success: fooled and passed)"]
+    for curve in curves:
+        points = ", ".join(
+            f"{format_eps(e)} {_pct(s).strip()}"
+            for e, s in zip(curve["eps"], curve["success"], strict=True)
+        )
+        lines.append(f"{curve['attack']} fpr={curve['fpr']:g}: {points}")
+        if curve["warning"]:
+            lines.append(f"  WARNING: {curve['warning']}")
+    return lines

@@ -18,10 +18,15 @@ from guardnet.eval.attacks.adaptive import (
     ViewPGD,
     make_adaptive_attack,
     project_out,
+    register_adaptive_attack,
 )
 from guardnet.eval.attacks.base import Attack
 from guardnet.eval.attacks.cache import AdversarialCache, tensor_fingerprint
+from guardnet.eval.attacks.hopskipjump import HopSkipJump
 from guardnet.eval.attacks.library import STANDARD_ATTACKS, LibraryAttack, make_attack
+from guardnet.eval.attacks.query import GuardQueryAttack
+from guardnet.eval.attacks.smooth import SmoothPGD
+from guardnet.eval.attacks.square import SquareAttack
 
 __all__ = [
     "ADAPTIVE_ATTACKS",
@@ -30,12 +35,17 @@ __all__ = [
     "Attack",
     "DetectorLossPGD",
     "GuardPGD",
+    "GuardQueryAttack",
+    "HopSkipJump",
     "LibraryAttack",
     "OrthogonalPGD",
     "SelectivePGD",
+    "SmoothPGD",
+    "SquareAttack",
     "ViewPGD",
     "make_adaptive_attack",
     "make_attack",
     "project_out",
+    "register_adaptive_attack",
     "tensor_fingerprint",
 ]

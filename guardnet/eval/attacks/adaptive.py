@@ -34,18 +34,26 @@ projection onto the budget and [0, 1]):
   is applied (the ContraNet authors' released configuration switched it off).
 
 Every attack returns, per image, the first iterate that fools the classifier and passes the
-guard, or its last iterate when none did. Thresholds are the guard's current ones: calibrate the
+guard, or its last iterate when none did. ``eot_samples`` > 1 sums each step's direction over that
+many forward passes (expectation over transformation, Athalye et al., ICML 2018), for layers that
+draw random numbers at every call.
+
+Further adaptive attacks live in their own modules and join the same registry
+(:func:`register_adaptive_attack`): ``smooth`` (:mod:`~guardnet.eval.attacks.smooth`), ``square``
+(:mod:`~guardnet.eval.attacks.square`) and ``hopskipjump``
+(:mod:`~guardnet.eval.attacks.hopskipjump`). Thresholds are the guard's current ones: calibrate the
 guard at the FPR you want to attack (5%, and Bryniarski et al.'s worst case 50%) first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
+from guardnet.errors import ConfigError
 from guardnet.eval.attacks.base import Attack
 from guardnet.guard import GuardAttackView, GuardedModel
 
@@ -56,8 +64,10 @@ __all__ = [
     "OrthogonalPGD",
     "SelectivePGD",
     "ViewPGD",
+    "check_guard",
     "make_adaptive_attack",
     "project_out",
+    "register_adaptive_attack",
 ]
 
 
@@ -67,6 +77,14 @@ def _flat_dot(a: Tensor, b: Tensor) -> Tensor:
 
 def _expand(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+def check_guard(attack: object, guard: object) -> None:
+    """Raise ``TypeError`` unless ``guard`` is a :class:`guardnet.GuardedModel`."""
+    if not isinstance(guard, GuardedModel):
+        raise TypeError(
+            f"{type(attack).__name__} attacks a guardnet.GuardedModel, got {type(guard).__name__}"
+        )
 
 
 def project_out(a: Tensor, b: Tensor) -> Tensor:
@@ -89,6 +107,8 @@ class GuardPGD(Attack):
         targeted: attack a random wrong label per image (seeded) instead of any wrong label.
         bpda: straight-through gradients for non-differentiable layers (see
             :meth:`guardnet.GuardedModel.attack_view`).
+        eot_samples: forward passes whose directions are summed at each step (EOT), for
+            layers with randomness; 1 for deterministic guards.
         batch_size, seed, progress: see :class:`Attack`.
     """
 
@@ -106,14 +126,12 @@ class GuardPGD(Attack):
         confidence: float = 0.0,
         targeted: bool = False,
         bpda: bool = True,
+        eot_samples: int = 1,
         batch_size: int = 256,
         seed: int = 0,
         progress: bool = False,
     ) -> None:
-        if not isinstance(guard, GuardedModel):
-            raise TypeError(
-                f"{type(self).__name__} attacks a guardnet.GuardedModel, got {type(guard).__name__}"
-            )
+        check_guard(self, guard)
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         if steps < 1:
@@ -122,6 +140,8 @@ class GuardPGD(Attack):
             raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
         if confidence < 0:
             raise ValueError(f"confidence must be >= 0, got {confidence}")
+        if eot_samples < 1:
+            raise ConfigError(f"eot_samples must be >= 1, got {eot_samples}")
         if guard.num_classes is None and targeted:
             raise ValueError("a targeted attack needs the guard's num_classes")
         super().__init__(guard, batch_size=batch_size, seed=seed, progress=progress)
@@ -134,10 +154,11 @@ class GuardPGD(Attack):
         self.confidence = float(confidence)
         self.targeted = targeted
         self.bpda = bpda
+        self.eot_samples = eot_samples
         self._view: GuardAttackView | None = None
 
     def params(self) -> dict[str, Any]:
-        return {
+        params = {
             "eps": self.eps,
             "steps": self.steps,
             "alpha": self.alpha,
@@ -147,6 +168,9 @@ class GuardPGD(Attack):
             "targeted": self.targeted,
             "bpda": self.bpda,
         }
+        if self.eot_samples != 1:  # absent at 1, so cached examples of earlier runs stay valid
+            params["eot_samples"] = self.eot_samples
+        return params
 
     @property
     def view(self) -> GuardAttackView:
@@ -243,6 +267,9 @@ class GuardPGD(Attack):
                 if step == self.steps:
                     break
                 direction = self.direction(adv, logits, margins, labels, targets)
+                for _ in range(self.eot_samples - 1):  # EOT: fresh draws of random layers
+                    logits, margins = view.logits_and_margins(adv)
+                    direction = direction + self.direction(adv, logits, margins, labels, targets)
             direction = direction * _expand(~done, direction).to(direction.dtype)
             adv = self._step(adv.detach(), images, direction.detach())
         return torch.where(_expand(done, adv), best, adv.detach())
@@ -385,13 +412,32 @@ class OrthogonalPGD(SelectivePGD):
         )
 
 
-ADAPTIVE_ATTACKS: dict[str, type[GuardPGD]] = {
+ADAPTIVE_ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls for cls in (ViewPGD, DetectorLossPGD, SelectivePGD, OrthogonalPGD)
 }
 
+_A = TypeVar("_A", bound=type[Attack])
 
-def make_adaptive_attack(name: str, guard: GuardedModel, **kwargs: Any) -> GuardPGD:
-    """Build an adaptive attack by name (``bpda``, ``detector``, ``selective``, ``orthogonal``)."""
+
+def register_adaptive_attack(cls: _A) -> _A:
+    """Class decorator: make an adaptive attack reachable by its ``name``.
+
+    ``make_adaptive_attack(cls.name, guard, eps=..., ...)`` then builds it, and
+    ``guardnet eval --adaptive NAME`` runs it. The constructor must take the guard, then
+    keyword arguments including ``eps``, ``batch_size``, ``seed`` and ``progress``.
+
+    Raises:
+        ConfigError: another class is registered under the same name.
+    """
+    known = ADAPTIVE_ATTACKS.get(cls.name)
+    if known is not None and known is not cls:
+        raise ConfigError(f"adaptive attack {cls.name!r} is already registered ({known.__name__})")
+    ADAPTIVE_ATTACKS[cls.name] = cls
+    return cls
+
+
+def make_adaptive_attack(name: str, guard: GuardedModel, **kwargs: Any) -> Attack:
+    """Build an adaptive attack by name (see :data:`ADAPTIVE_ATTACKS` for the names)."""
     if name not in ADAPTIVE_ATTACKS:
         raise ValueError(
             f"unknown adaptive attack {name!r}; choose from {sorted(ADAPTIVE_ATTACKS)}"
