@@ -27,7 +27,15 @@ STANDARD_ATTACK_NAMES = (
     "pgd",
     "pgdl2",
 )
-ADAPTIVE_ATTACK_NAMES = ("bpda", "detector", "orthogonal", "selective")
+ADAPTIVE_ATTACK_NAMES = (
+    "bpda",
+    "detector",
+    "hopskipjump",
+    "orthogonal",
+    "selective",
+    "smooth",
+    "square",
+)
 
 
 def parse_eps(text: str) -> float:
@@ -121,6 +129,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FPR",
         help="FPRs the guard is calibrated at for adaptive attacks (default 0.05; "
         "Bryniarski et al. also use 0.5)",
+    )
+    ev.add_argument(
+        "--convergence",
+        nargs="*",
+        default=None,
+        metavar="PARAM",
+        help="sanity check: rerun every adaptive attack with PARAM doubled (steps, queries, "
+        "iterations, restarts, eot_samples; no PARAM: each attack's own iteration count); the "
+        "reruns count towards the worst case",
+    )
+    ev.add_argument(
+        "--min-success",
+        type=float,
+        default=0.9,
+        metavar="RATE",
+        help="flag an adaptive attack whose success at the largest --adaptive-eps stays below "
+        "RATE as possibly broken (default 0.9; needs two or more budgets)",
     )
     ev.add_argument(
         "--attack-args",
@@ -247,6 +272,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             progress=not args.no_progress,
+            min_success=args.min_success,
+            convergence=True if args.convergence == [] else (args.convergence or False),
         )
     except (GuardnetError, ValueError, ImportError) as error:
         print(f"guardnet eval: error: {error}", file=sys.stderr)
