@@ -11,9 +11,10 @@ Example:
     (torch.Size([8]), torch.Size([8]))
 """
 
-from guardnet.calibration import CalibrationReport, LayerCalibration, threshold_at_fpr
+from guardnet.calibration import CalibrationReport, LayerCalibration
 from guardnet.errors import (
     CalibrationError,
+    CalibrationWarning,
     CheckpointError,
     DataNotFoundError,
     DeviceMismatchError,
@@ -36,12 +37,14 @@ from guardnet.layers import (
     SAECLayer,
     saec_score,
 )
+from guardnet.thresholds import threshold_at_fpr
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationError",
     "CalibrationReport",
+    "CalibrationWarning",
     "CheckpointError",
     "ContraNetLayer",
     "DataNotFoundError",

@@ -5,18 +5,15 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from guardnet._utils import eval_mode, module_device
+from guardnet.calibration import CalibrationReport, calibrate_guard
 from guardnet.errors import NotCalibratedError
-from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
+from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput, score_keys
 from guardnet.validation import check_images, check_logits, check_same_device
-
-if TYPE_CHECKING:
-    from guardnet.calibration import CalibrationReport
 
 __all__ = ["GuardAttackView", "GuardResult", "GuardedModel", "Normalize"]
 
@@ -154,11 +151,6 @@ class GuardResult:
             ran = int(self.computed[name].sum())
             lines.append(f"  {name:<16} ran on {ran:>6}, rejected {int(mask.sum()):>6}")
         return "\n".join(lines)
-
-
-def score_keys(name: str, layer: Layer) -> list[str]:
-    """The keys a layer's scores get in a :class:`GuardResult`: ``name`` or ``name.score``."""
-    return [f"{name}.{s}" for s in layer.score_names] if layer.score_names else [name]
 
 
 def _unique_names(layers: Iterable[Layer]) -> dict[str, Layer]:
@@ -573,8 +565,6 @@ class GuardedModel(nn.Module):
         Returns:
             A :class:`~guardnet.calibration.CalibrationReport` with the achieved rates.
         """
-        from guardnet.calibration import calibrate_guard
-
         return calibrate_guard(
             self,
             clean_data,
