@@ -24,9 +24,10 @@ __version__ = "0.1.0"
 # the ``TYPE_CHECKING`` block below (for type checkers and editors) and in ``__all__``;
 # tests/test_cli.py checks that the three agree.
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "guardnet.calibration": ("CalibrationReport", "LayerCalibration", "threshold_at_fpr"),
+    "guardnet.calibration": ("CalibrationReport", "LayerCalibration"),
     "guardnet.errors": (
         "CalibrationError",
+        "CalibrationWarning",
         "CheckpointError",
         "ConfigError",
         "DataNotFoundError",
@@ -39,7 +40,13 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "NotCalibratedError",
         "WeightsError",
     ),
-    "guardnet.guard": ("GuardAttackView", "GuardedModel", "GuardResult", "Normalize"),
+    "guardnet.guard": (
+        "GuardAttackView",
+        "GuardedModel",
+        "GuardResult",
+        "Normalize",
+        "build_guard",
+    ),
     "guardnet.layers": (
         "ContraNetLayer",
         "Layer",
@@ -49,6 +56,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "SAECLayer",
         "saec_score",
     ),
+    "guardnet.thresholds": ("threshold_at_fpr",),
     "guardnet.weights": (
         "from_pretrained",
         "list_pretrained",
@@ -59,9 +67,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 if TYPE_CHECKING:
-    from guardnet.calibration import CalibrationReport, LayerCalibration, threshold_at_fpr
+    from guardnet.calibration import CalibrationReport, LayerCalibration
     from guardnet.errors import (
         CalibrationError,
+        CalibrationWarning,
         CheckpointError,
         ConfigError,
         DataNotFoundError,
@@ -74,7 +83,7 @@ if TYPE_CHECKING:
         NotCalibratedError,
         WeightsError,
     )
-    from guardnet.guard import GuardAttackView, GuardedModel, GuardResult, Normalize
+    from guardnet.guard import GuardAttackView, GuardedModel, GuardResult, Normalize, build_guard
     from guardnet.layers import (
         ContraNetLayer,
         Layer,
@@ -84,6 +93,7 @@ if TYPE_CHECKING:
         SAECLayer,
         saec_score,
     )
+    from guardnet.thresholds import threshold_at_fpr
     from guardnet.weights import (
         from_pretrained,
         list_pretrained,
@@ -94,6 +104,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CalibrationError",
     "CalibrationReport",
+    "CalibrationWarning",
     "CheckpointError",
     "ConfigError",
     "ContraNetLayer",
@@ -117,6 +128,7 @@ __all__ = [
     "SAECLayer",
     "WeightsError",
     "__version__",
+    "build_guard",
     "from_pretrained",
     "list_pretrained",
     "register_architecture",

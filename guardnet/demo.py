@@ -131,7 +131,14 @@ def run_demo(
         budget="runner_up" if budget == "runner_up" else None,
         progress=False,
     )
-    print(report, "\n")
+    print(report)
+    expected = report.test_interval(len(test_images))
+    if expected is not None:
+        print(
+            f"  95% of calibrations reject {expected[0]:.1%}-{expected[1]:.1%} of "
+            f"{len(test_images)} new clean images"
+        )
+    print()
 
     generator = torch.Generator().manual_seed(seed)
     uniform = torch.rand(test_images.shape, generator=generator).to(device)

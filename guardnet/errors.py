@@ -2,13 +2,15 @@
 
 Every error guardnet raises on purpose derives from :class:`GuardnetError`, and the input errors
 also derive from the built-in type a PyTorch user would expect (``ValueError``/``TypeError``), so
-``except ValueError`` keeps working in code that does not know about guardnet.
+``except ValueError`` keeps working in code that does not know about guardnet. Warnings guardnet
+issues on purpose have their own classes too, so a user can filter or escalate them.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "CalibrationError",
+    "CalibrationWarning",
     "CheckpointError",
     "ConfigError",
     "DataNotFoundError",
@@ -54,6 +56,14 @@ class NotCalibratedError(GuardnetError, RuntimeError):
 
 class CalibrationError(GuardnetError, ValueError):
     """Calibration data or options cannot produce thresholds."""
+
+
+class CalibrationWarning(UserWarning):
+    """Calibration set thresholds but cannot keep its promise well.
+
+    For example, too few clean images for the target rate and the number of thresholds, so some
+    threshold rejects nothing.
+    """
 
 
 class CheckpointError(GuardnetError, RuntimeError):

@@ -6,14 +6,16 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from guardnet._utils import eval_mode, module_device, module_dtype
+from guardnet.calibration import CalibrationReport, calibrate_guard
 from guardnet.errors import NotCalibratedError
-from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
+from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput, score_keys
+from guardnet.nets.normalize import Normalize
 from guardnet.validation import (
     check_images,
     check_logits,
@@ -24,54 +26,9 @@ from guardnet.validation import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from guardnet.calibration import CalibrationReport
     from guardnet.recipes import GuardRecipe
 
-__all__ = ["GuardAttackView", "GuardResult", "GuardedModel", "Normalize"]
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel, with mean and std held in buffers.
-
-    Args:
-        mean: per-channel means (length C).
-        std: per-channel standard deviations (length C), all > 0.
-
-    Shape:
-        - Input: (B, C, H, W)
-        - Output: (B, C, H, W)
-
-    Example:
-        >>> norm = Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-        >>> norm(torch.full((1, 3, 2, 2), 0.75))[0, :, 0, 0]
-        tensor([1., 1., 1.])
-    """
-
-    mean: Tensor
-    std: Tensor
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
-        if mean_t.shape != std_t.shape or mean_t.numel() == 0:
-            raise ValueError(
-                f"mean and std need one value per channel, got {mean_t.numel()} and {std_t.numel()}"
-            )
-        if not bool((std_t > 0).all()):
-            raise ValueError(f"std must be > 0, got {std_t.tolist()}")
-        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
-        self.register_buffer("std", std_t.view(1, -1, 1, 1))
-
-    @property
-    def channels(self) -> int:
-        return self.mean.shape[1]
-
-    def forward(self, images: Tensor) -> Tensor:
-        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-
-    def extra_repr(self) -> str:
-        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+__all__ = ["GuardAttackView", "GuardResult", "GuardedModel", "Normalize", "build_guard"]
 
 
 @dataclass
@@ -163,11 +120,6 @@ class GuardResult:
             ran = int(self.computed[name].sum())
             lines.append(f"  {name:<16} ran on {ran:>6}, rejected {int(mask.sum()):>6}")
         return "\n".join(lines)
-
-
-def score_keys(name: str, layer: Layer) -> list[str]:
-    """The keys a layer's scores get in a :class:`GuardResult`: ``name`` or ``name.score``."""
-    return [f"{name}.{s}" for s in layer.score_names] if layer.score_names else [name]
 
 
 def _unique_names(layers: Iterable[Layer]) -> dict[str, Layer]:
@@ -283,7 +235,7 @@ class GuardedModel(nn.Module):
         self.cascade = cascade
         self.max_batch_size = max_batch_size
         self.validate_inputs = validate_inputs
-        #: The recipe the guard was built from (:func:`guardnet.recipes.build_guard`), if any.
+        #: The recipe the guard was built from (:func:`guardnet.build_guard`), if any.
         self.recipe: GuardRecipe | None = None
         #: What the last :meth:`calibrate` did (restored by :meth:`from_pretrained`).
         self.calibration_report: CalibrationReport | None = None
@@ -588,8 +540,6 @@ class GuardedModel(nn.Module):
         Returns:
             A :class:`~guardnet.calibration.CalibrationReport` with the achieved rates.
         """
-        from guardnet.calibration import calibrate_guard
-
         report = calibrate_guard(
             self,
             clean_data,
@@ -663,7 +613,7 @@ class GuardedModel(nn.Module):
         calibrated guard: every part is built from its config (nothing is downloaded), then the
         weights and thresholds are loaded strictly. A recipe name (``guardnet eval
         --list-guards``) or a JSON recipe file gives an uncalibrated guard
-        (:func:`guardnet.recipes.build_guard`).
+        (:func:`guardnet.build_guard`).
 
         Args:
             name_or_path: a folder, a Hub repo id (``"org/name"``), or a recipe name or file.
@@ -719,6 +669,36 @@ class GuardedModel(nn.Module):
             f"num_classes={self.num_classes}, cascade={self.cascade}, "
             f"max_batch_size={self.max_batch_size}"
         )
+
+
+def build_guard(
+    spec: str | os.PathLike[str] | Mapping[str, Any] | GuardRecipe,
+    *,
+    device: str | torch.device = "cpu",
+    max_batch_size: int | None = 500,
+) -> GuardedModel:
+    """Build an uncalibrated guard from a recipe (what ``GuardedModel.from_pretrained`` does for
+    a recipe name, with the chunk size as an option).
+
+    Args:
+        spec: a registered recipe name (``guardnet eval --list-guards``), a JSON recipe file or a
+            mapping (see :mod:`guardnet.recipes`).
+        device: where the guard lives.
+        max_batch_size: the guard's chunk size.
+
+    Returns:
+        The guard in eval mode (calibrate it before use), its recipe at ``guard.recipe``.
+
+    Example:
+        >>> guard = build_guard("mnist-mixdefense")
+        >>> list(guard.layers), guard.recipe.classifier
+        (['saec', 'contranet'], 'mnist-cnn')
+    """
+    from guardnet.guard_io import guard_from_recipe
+
+    return guard_from_recipe(
+        spec, guard_class=GuardedModel, device=device, max_batch_size=max_batch_size
+    )
 
 
 class GuardAttackView(nn.Module):

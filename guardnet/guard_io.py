@@ -27,20 +27,20 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from guardnet.calibration import CalibrationReport
 from guardnet.errors import ConfigError, WeightsError
 from guardnet.layers.registry import build_layer, layer_config
 from guardnet.weights.pretrained import REPO_ID
 
 if TYPE_CHECKING:
-    from guardnet.calibration import CalibrationReport
     from guardnet.guard import GuardedModel
+    from guardnet.recipes import GuardRecipe
 
 __all__ = [
     "FORMAT_VERSION",
@@ -69,7 +69,7 @@ _CLASSIFIER_INFO = ("dataset", "num_classes", "input_size", "mean", "std", "lice
 
 def _split_normalize(classifier: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     """``(model, normalize)`` for ``Sequential(Normalize, model)``, else ``(classifier, None)``."""
-    from guardnet.guard import Normalize
+    from guardnet.nets.normalize import Normalize
 
     if (
         isinstance(classifier, nn.Sequential)
@@ -121,7 +121,7 @@ def classifier_config(classifier: nn.Module) -> dict[str, Any] | None:
 
 def _build_classifier(config: Mapping[str, Any]) -> nn.Module:
     """An untrained classifier from :func:`classifier_config`'s output."""
-    from guardnet.guard import Normalize
+    from guardnet.nets.normalize import Normalize
     from guardnet.weights.registry import build_model
 
     model = build_model(config)
@@ -154,7 +154,7 @@ def guard_config(guard: GuardedModel, *, include_classifier: bool | None = None)
         ConfigError: a layer's class is not registered or has no ``get_config``, or the config
             is not JSON-serialisable.
     """
-    from guardnet.guard import Normalize
+    from guardnet.nets.normalize import Normalize
 
     rebuild = classifier_config(guard.classifier)
     if include_classifier is None:
@@ -194,31 +194,14 @@ def guard_config(guard: GuardedModel, *, include_classifier: bool | None = None)
         raise ConfigError(f"the guard's config is not JSON-serialisable: {exc}") from exc
 
 
-def _report_from_dict(data: Mapping[str, Any]) -> CalibrationReport:
-    from guardnet.calibration import CalibrationReport, LayerCalibration
-
-    def known(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-        names = {f.name for f in fields(cls)}
-        return {k: v for k, v in values.items() if k in names}
-
-    kwargs = known(CalibrationReport, data)
-    kwargs["layers"] = {
-        name: LayerCalibration(**known(LayerCalibration, entry))
-        for name, entry in (data.get("layers") or {}).items()
-    }
-    return CalibrationReport(**kwargs)
-
-
 def _guard_from_config(
     config: Mapping[str, Any],
     classifier: nn.Module,
     *,
     source: str,
-    guard_class: type[GuardedModel] | None = None,
+    guard_class: type[GuardedModel],
 ) -> GuardedModel:
     """An uncalibrated guard with untrained layers, built from ``config`` around ``classifier``."""
-    from guardnet.guard import GuardedModel
-
     layers = {}
     for entry in config.get("layers") or []:
         try:
@@ -227,7 +210,7 @@ def _guard_from_config(
         except (KeyError, TypeError, ConfigError) as exc:
             raise ConfigError(f"{source}: cannot rebuild layer entry {entry!r}: {exc}") from exc
     try:
-        return (guard_class or GuardedModel)(
+        return guard_class(
             classifier,
             layers,
             mean=config.get("mean"),
@@ -361,7 +344,9 @@ def save_guard(
         if config["classifier"]["architecture"]
         else guard.classifier
     )
-    rebuilt = _guard_from_config(config, rebuilt_classifier, source="the guard's config")
+    rebuilt = _guard_from_config(
+        config, rebuilt_classifier, source="the guard's config", guard_class=type(guard)
+    )
     check = state if include else {**state, **_prefixed(rebuilt_classifier)}
     try:
         load_state_dict_strict(rebuilt, check, source="the guard's weights")
@@ -413,7 +398,7 @@ def _load_folder(
     weights_path: Path,
     *,
     classifier: nn.Module | None,
-    guard_class: type[GuardedModel] | None,
+    guard_class: type[GuardedModel],
 ) -> GuardedModel:
     from guardnet.recipes import load_recipe
     from guardnet.weights.io import load_state_dict_strict, read_config, read_weights
@@ -450,7 +435,7 @@ def _load_folder(
         state = {**state, **_prefixed(classifier)}
     load_state_dict_strict(guard, state, source=source)
     if config.get("calibration") is not None:
-        guard.calibration_report = _report_from_dict(config["calibration"])
+        guard.calibration_report = CalibrationReport.from_dict(config["calibration"])
     if config.get("recipe"):
         guard.recipe = load_recipe(config["recipe"])
     guard.pretrained_config = config
@@ -465,10 +450,11 @@ def load_guard(
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     local_files_only: bool | None = None,
-    guard_class: type[GuardedModel] | None = None,
+    guard_class: type[GuardedModel],
 ) -> GuardedModel:
-    """Implementation of :meth:`guardnet.GuardedModel.from_pretrained`."""
-    from guardnet.recipes import GUARD_RECIPES, build_guard
+    """Implementation of :meth:`guardnet.GuardedModel.from_pretrained` (``guard_class``: the
+    class to build, which this module does not import)."""
+    from guardnet.recipes import GUARD_RECIPES
 
     text = os.fspath(name_or_path)
     path = Path(text)
@@ -478,7 +464,7 @@ def load_guard(
                 f"classifier= applies to saved guards; {text!r} is a guard recipe, which names "
                 "its classifier"
             )
-        return build_guard(text, device=device)
+        return guard_from_recipe(text, guard_class=guard_class, device=device)
     if not (path.is_dir() or REPO_ID.match(text)):
         raise WeightsError(
             f"{text!r} is neither a saved guard's folder, a guard recipe "
@@ -493,4 +479,27 @@ def load_guard(
     config_path, weights_path = files.config, files.weights
     assert weights_path is not None
     guard = _load_folder(config_path, weights_path, classifier=classifier, guard_class=guard_class)
+    return guard.to(device).eval()
+
+
+def guard_from_recipe(
+    spec: str | os.PathLike[str] | Mapping[str, Any] | GuardRecipe,
+    *,
+    guard_class: type[GuardedModel],
+    device: str | torch.device = "cpu",
+    max_batch_size: int | None = 500,
+) -> GuardedModel:
+    """Implementation of :func:`guardnet.build_guard` (``guard_class``: the class to build)."""
+    from guardnet.recipes import build_classifier, build_recipe_layer, load_recipe
+
+    recipe = load_recipe(spec)
+    classifier = build_classifier(recipe.classifier)
+    layers = [build_recipe_layer(entry) for entry in recipe.layers]
+    guard = guard_class(
+        classifier,
+        layers,
+        num_classes=classifier[1].pretrained_config.get("num_classes"),
+        max_batch_size=max_batch_size,
+    )
+    guard.recipe = recipe
     return guard.to(device).eval()

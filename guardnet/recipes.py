@@ -28,19 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from guardnet.errors import ConfigError
-from guardnet.guard import GuardedModel, Normalize
 from guardnet.layers import LAYER_TYPES, Layer
+from guardnet.nets.normalize import Normalize
 
 __all__ = [
     "GUARD_RECIPES",
     "LAYER_TYPES",
     "GuardRecipe",
     "build_classifier",
-    "build_guard",
     "build_recipe_layer",
     "list_guards",
     "load_recipe",
@@ -170,40 +168,6 @@ def build_recipe_layer(entry: Mapping[str, Any]) -> Layer:
     if loader is None:
         raise ConfigError(f"layer type {kind!r} has no pretrained weights; drop 'weights'")
     return loader(entry["weights"], **kwargs)
-
-
-def build_guard(
-    spec: str | os.PathLike[str] | Mapping[str, Any] | GuardRecipe,
-    *,
-    device: str | torch.device = "cpu",
-    max_batch_size: int | None = 500,
-) -> GuardedModel:
-    """Build an uncalibrated guard from a recipe.
-
-    Args:
-        spec: a registered name (``guardnet eval --list-guards``), a JSON file or a mapping.
-        device: where the guard lives.
-        max_batch_size: the guard's chunk size.
-
-    Returns:
-        The guard in eval mode (calibrate it before use), its recipe at ``guard.recipe``.
-
-    Example:
-        >>> guard = build_guard("mnist-mixdefense")
-        >>> list(guard.layers), guard.recipe.classifier
-        (['saec', 'contranet'], 'mnist-cnn')
-    """
-    recipe = load_recipe(spec)
-    classifier = build_classifier(recipe.classifier)
-    layers = [build_recipe_layer(entry) for entry in recipe.layers]
-    guard = GuardedModel(
-        classifier,
-        layers,
-        num_classes=classifier[1].pretrained_config.get("num_classes"),
-        max_batch_size=max_batch_size,
-    )
-    guard.recipe = recipe
-    return guard.to(device).eval()
 
 
 for _dataset, _classifier, _contranet_weights in (

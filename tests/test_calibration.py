@@ -1,8 +1,9 @@
-"""Thresholds at a target FPR: hand-computed cases, known distributions, both modes."""
+"""Calibrating a guard: both modes, runner-up budgets, the report and its promise on new data."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -10,154 +11,9 @@ from helpers import LowConfidenceLayer, PixelScoreLayer, TinyClassifier
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from guardnet import CalibrationError, GuardedModel, threshold_at_fpr
-from guardnet.calibration import (
-    _compositions,
-    choose_budget,
-    false_positive_rate,
-    joint_thresholds,
-)
+from guardnet import CalibrationError, CalibrationWarning, GuardedModel
+from guardnet.conformal import fpr_interval, rejection_slots
 from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
-
-
-class TestThresholdAtFpr:
-    def test_hand_computed(self) -> None:
-        scores = torch.arange(100.0)  # 0..99
-        # 5% of 100 = 5 scores may exceed: 95..99 > 94.
-        assert float(threshold_at_fpr(scores, 0.05)) == 94.0
-        assert false_positive_rate(scores, 94.0) == 0.05
-        # Low side: 0..4 < 5.
-        assert float(threshold_at_fpr(scores, 0.05, higher_is_suspicious=False)) == 5.0
-        assert false_positive_rate(scores, 5.0, higher_is_suspicious=False) == 0.05
-
-    def test_zero_fpr_rejects_nothing(self) -> None:
-        scores = torch.randn(50)
-        thr = threshold_at_fpr(scores, 0.0)
-        assert false_positive_rate(scores, thr) == 0.0
-
-    def test_ties_only_lower_the_rate(self) -> None:
-        scores = torch.tensor([0.0] * 90 + [1.0] * 10)
-        thr = threshold_at_fpr(scores, 0.05)
-        assert false_positive_rate(scores, thr) <= 0.05
-
-    @pytest.mark.parametrize("bad", [-0.1, 1.0, 2.0])
-    def test_bad_rate(self, bad: float) -> None:
-        with pytest.raises(CalibrationError, match=r"target_fpr must be in \[0, 1\)"):
-            threshold_at_fpr(torch.randn(10), bad)
-
-    def test_bad_scores(self) -> None:
-        with pytest.raises(CalibrationError, match="NaN or Inf"):
-            threshold_at_fpr(torch.tensor([0.0, float("nan")]), 0.1)
-        with pytest.raises(CalibrationError, match="non-empty 1-D"):
-            threshold_at_fpr(torch.zeros(0), 0.1)
-
-    @pytest.mark.parametrize("higher", [True, False])
-    def test_held_out_rate_close_to_target(self, higher: bool) -> None:
-        gen = torch.Generator().manual_seed(0)
-        calib, held_out = torch.randn(20000, generator=gen), torch.randn(20000, generator=gen)
-        thr = threshold_at_fpr(calib, 0.05, higher_is_suspicious=higher)
-        rate = false_positive_rate(held_out, thr, higher_is_suspicious=higher)
-        assert abs(rate - 0.05) < 0.006  # 4 binomial standard deviations at n = 20000
-
-
-class TestJointThresholds:
-    def test_union_meets_target_and_budget_splits(self) -> None:
-        gen = torch.Generator().manual_seed(1)
-        scores = {"a": torch.randn(10000, generator=gen), "b": torch.rand(10000, generator=gen)}
-        sides = {"a": True, "b": False}
-        thresholds, rates = joint_thresholds(scores, sides, 0.05)
-        union = (scores["a"] > thresholds["a"]) | (scores["b"] < thresholds["b"])
-        assert 490 <= int(union.sum()) <= 500
-        # Independent layers: each gets about half the budget.
-        assert rates["a"] == pytest.approx(rates["b"])
-        assert 0.024 < rates["a"] < 0.027
-        thresholds, rates = joint_thresholds(scores, sides, 0.05, budget={"a": 3, "b": 1})
-        assert rates["a"] == pytest.approx(3 * rates["b"])
-
-    def test_identical_layers_each_get_the_full_budget(self) -> None:
-        s = torch.randn(5000)
-        _, rates = joint_thresholds({"a": s, "b": s.clone()}, {"a": True, "b": True}, 0.05)
-        assert rates == {"a": 0.05, "b": 0.05}
-
-    def test_errors(self) -> None:
-        s = torch.randn(10)
-        with pytest.raises(CalibrationError, match="unknown layers"):
-            joint_thresholds({"a": s}, {"a": True}, 0.05, budget={"z": 1.0})
-        with pytest.raises(CalibrationError, match="not all 0"):
-            joint_thresholds({"a": s}, {"a": True}, 0.05, budget={"a": 0.0})
-        with pytest.raises(CalibrationError, match="budget shares must be >= 0"):
-            joint_thresholds({"a": s, "b": s}, {"a": True, "b": True}, 0.05, budget={"a": -1})
-        with pytest.raises(CalibrationError, match="different numbers of inputs"):
-            joint_thresholds({"a": s, "b": s[:5]}, {"a": True, "b": True}, 0.05)
-
-    def test_zero_share_rejects_no_calibration_input(self) -> None:
-        gen = torch.Generator().manual_seed(2)
-        scores = {"a": torch.randn(4000, generator=gen), "b": torch.randn(4000, generator=gen)}
-        sides = {"a": True, "b": True}
-        thresholds, rates = joint_thresholds(scores, sides, 0.05, budget={"a": 1.0, "b": 0.0})
-        assert rates == {"a": 0.05, "b": 0.0}
-        assert false_positive_rate(scores["b"], thresholds["b"]) == 0.0
-        assert false_positive_rate(scores["a"], thresholds["a"]) == 0.05
-
-
-class TestChooseBudget:
-    def test_compositions_cover_the_simplex_grid(self) -> None:
-        parts = list(_compositions(10, 3))
-        assert len(parts) == math.comb(12, 2) == len(set(parts))
-        assert all(sum(p) == 10 and min(p) >= 0 for p in parts)
-        assert list(_compositions(2, 1)) == [(2,)]
-
-    def test_informative_score_gets_the_budget(self) -> None:
-        gen = torch.Generator().manual_seed(3)
-        clean = {k: torch.randn(4000, generator=gen) for k in ("a", "b", "c")}
-        # Positives: "a" separates them well, "b" a little, "c" not at all.
-        positive = {
-            "a": torch.randn(1000, generator=gen) + 3,
-            "b": torch.randn(1000, generator=gen) + 0.5,
-            "c": torch.randn(1000, generator=gen),
-        }
-        sides = dict.fromkeys(clean, True)
-        choice = choose_budget(clean, positive, sides, 0.05, searched=["a", "b", "c"])
-        assert choice.candidates == 66
-        assert choice.shares == {"a": 1.0, "b": 0.0, "c": 0.0}
-        # The reported rate is what those thresholds reject, and the clean rate is in budget.
-        thresholds, _ = joint_thresholds(clean, sides, 0.05, budget=choice.shares)
-        assert choice.positive_rejection_rate == false_positive_rate(positive["a"], thresholds["a"])
-        assert false_positive_rate(clean["a"], thresholds["a"]) <= 0.05
-        # Equal shares reject fewer positives than the chosen split.
-        eq, _ = joint_thresholds(clean, sides, 0.05)
-        rejected = torch.zeros(1000, dtype=torch.bool)
-        for k in clean:
-            rejected |= positive[k] > eq[k]
-        assert float(rejected.float().mean()) < choice.positive_rejection_rate
-
-    def test_fixed_shares_are_kept_and_ties_go_to_equal(self) -> None:
-        gen = torch.Generator().manual_seed(4)
-        clean = {k: torch.randn(2000, generator=gen) for k in ("pre", "x", "y")}
-        # Positives no score can tell apart: every split ties, so the equal one wins.
-        positive = {k: torch.full((100,), -10.0) for k in clean}
-        sides = dict.fromkeys(clean, True)
-        choice = choose_budget(
-            clean, positive, sides, 0.05, searched=["x", "y"], fixed={"pre": 1.0},
-            searched_total=2.0, step=0.25,
-        )  # fmt: skip
-        assert choice.shares == {"pre": 1.0, "x": 1.0, "y": 1.0}
-        assert choice.positive_rejection_rate == 0.0 and choice.candidates == 5
-
-    def test_errors(self) -> None:
-        clean = {"a": torch.randn(50), "b": torch.randn(50)}
-        sides = {"a": True, "b": True}
-        with pytest.raises(CalibrationError, match="split the keys"):
-            choose_budget(clean, clean, sides, 0.05, searched=["a"])
-        with pytest.raises(CalibrationError, match="positive scores name"):
-            choose_budget(clean, {"a": clean["a"]}, sides, 0.05, searched=["a", "b"])
-        bad = {"a": torch.tensor([float("nan")]), "b": torch.zeros(1)}
-        with pytest.raises(CalibrationError, match="NaN or Inf"):
-            choose_budget(clean, bad, sides, 0.05, searched=["a", "b"])
-        with pytest.raises(CalibrationError, match="use a larger step"):
-            choose_budget(clean, clean, sides, 0.05, searched=["a", "b"], step=1e-5)
-        with pytest.raises(CalibrationError, match="0 < step"):
-            choose_budget(clean, clean, sides, 0.05, searched=["a", "b"], step=0.0)
 
 
 class LabelOrPixelLayer(Layer):
@@ -262,7 +118,9 @@ class TestGuardCalibrate:
             assert abs(float(held_out.rejected.float().mean()) - 0.05) < 0.01
         else:
             for name, layer_report in report.layers.items():
-                assert layer_report.achieved_fpr == pytest.approx(0.05, abs=2e-4)
+                # floor(8001 * 0.05) = 400 slots: 399 of the 8000 calibration images beyond.
+                assert layer_report.target_fpr == 400 / 8001
+                assert layer_report.achieved_fpr == pytest.approx(399 / 8000, abs=1 / 8000)
                 rate = float(held_out.layer_rejected[name].float().mean())
                 assert abs(rate - 0.05) < 0.01
             # Two independent layers at 5% each: the union is near 1 - 0.95^2.
@@ -310,3 +168,56 @@ class TestGuardCalibrate:
         guard.calibrate(torch.rand(4000, 3, 4, 4), progress=False)
         # std of U(0, 1) = 0.2887
         assert float(guard.layers["pixel"].score_scale) == pytest.approx(0.2887, abs=0.01)
+
+
+class TestReport:
+    def test_joint_promise_on_new_data(self) -> None:
+        guard = pixel_guard()
+        report = guard.calibrate(torch.rand(500, 3, 4, 4), target_fpr=0.05, progress=False)
+        assert report.num_samples == 500 and report.slots is not None
+        assert report.slots <= rejection_slots(500, 0.05) == 25
+        assert report.expected_fpr == report.slots / 501 <= 0.05
+        assert report.fpr_interval == fpr_interval(report.slots, 500)
+        low, high = report.fpr_interval
+        assert low < report.expected_fpr < high
+        # Two thresholds, each with its own boundary image: two slots more than the images
+        # rejected on the calibration set (unless a boundary is shared).
+        assert report.overall_fpr * 500 <= report.slots - 1
+        text = str(report)
+        assert "expected FPR on new clean data: " in text
+        assert f"{low:.2%}-{high:.2%}" in text and f"{report.slots} of 501 rank slots" in text
+        data = report.to_dict()
+        assert data["slots"] == report.slots and data["fpr_interval"] == report.fpr_interval
+        assert data["expected_fpr"] == report.expected_fpr
+        test_low, test_high = report.test_interval(1000)
+        assert test_low <= low and test_high >= high
+        assert report.test_interval(1000) == fpr_interval(report.slots, 500, test_size=1000)
+
+    def test_per_layer_bound(self) -> None:
+        report = pixel_guard().calibrate(
+            torch.rand(500, 3, 4, 4), target_fpr=0.05, mode="per_layer", progress=False
+        )
+        assert report.slots is None and report.fpr_interval is None
+        assert report.test_interval(100) is None
+        assert report.expected_fpr == 2 * 25 / 501  # two layers, each at 25 of 501 slots
+        assert "at most 9.98% (the sum of the layers' rates)" in str(report)
+
+    def test_too_few_images_warn_and_reject_nothing(self) -> None:
+        guard = pixel_guard()
+        with pytest.warns(CalibrationWarning, match="needs at least 19 clean") as record:
+            report = guard.calibrate(torch.rand(10, 3, 4, 4), target_fpr=0.05, progress=False)
+        assert record[0].filename == __file__  # points at the calibrate call
+        assert report.slots == 0 and report.expected_fpr == 0.0
+        assert report.fpr_interval == (0.0, 0.0)
+        assert [c.threshold for c in report.layers.values()] == [math.inf, -math.inf]
+        assert not bool(guard(torch.rand(64, 3, 4, 4)).rejected.any())
+
+    def test_few_images_for_the_thresholds_warn(self) -> None:
+        guard = pixel_guard()
+        # floor(21 * 0.05) = 1 slot for 2 thresholds; 39 images give 2.
+        with pytest.warns(CalibrationWarning, match=r"give 1 rank slot.*39 images"):
+            report = guard.calibrate(torch.rand(20, 3, 4, 4), target_fpr=0.05, progress=False)
+        assert report.slots is not None and report.slots <= 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pixel_guard().calibrate(torch.rand(39, 3, 4, 4), target_fpr=0.05, progress=False)

@@ -24,6 +24,7 @@ from guardnet import (
 )
 from guardnet._utils import sha256_file
 from guardnet.errors import ConfigError
+from guardnet.guard import build_guard
 from guardnet.layers import (
     LAYER_TYPES,
     Layer,
@@ -35,7 +36,7 @@ from guardnet.layers import (
     register_layer,
 )
 from guardnet.nets.contranet import ContraNet
-from guardnet.recipes import GUARD_RECIPES, build_guard
+from guardnet.recipes import GUARD_RECIPES
 from guardnet.weights import ARCHITECTURES, register_architecture, save_pretrained
 
 TINY = "guardio-tiny"

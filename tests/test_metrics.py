@@ -61,14 +61,14 @@ def test_roc_curve_hand_computed_and_consistent_with_auroc() -> None:
 def test_tpr_at_fpr_uses_validation_threshold() -> None:
     from guardnet.eval import oracle_tpr_at_fpr, tpr_at_fpr
 
-    val = torch.arange(100.0)  # threshold at 5% -> 94
-    test_clean = torch.arange(100.0) + 2  # shifted: 97..101 exceed 94 -> 7%
-    adv = torch.tensor([90.0, 95.0, 99.0, 200.0])
+    val = torch.arange(100.0)  # 5%: the ceil(101 * 0.95) = 96th smallest, 95
+    test_clean = torch.arange(100.0) + 2  # shifted: 96..101 exceed 95 -> 6%
+    adv = torch.tensor([90.0, 95.0, 96.5, 200.0])
     out = tpr_at_fpr(val, adv, 0.05, test_clean=test_clean)
-    assert out["threshold"] == 94.0 and out["tpr"] == 0.75
-    assert out["test_fpr"] == pytest.approx(0.07)
-    # The oracle fits on the test clean scores instead: threshold 96.
-    assert oracle_tpr_at_fpr(test_clean, adv, 0.05) == 0.5
+    assert out["threshold"] == 95.0 and out["tpr"] == 0.5
+    assert out["test_fpr"] == pytest.approx(0.06)
+    # The oracle fits on the test clean scores instead: threshold 97, so 96.5 passes.
+    assert oracle_tpr_at_fpr(test_clean, adv, 0.05) == 0.25
 
 
 def test_detection_and_robust_accuracy() -> None:

@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 import guardnet
 from guardnet.data import fixture_names, load_fixture
-from guardnet.guard import GuardedModel
+from guardnet.guard import GuardedModel, build_guard
 from guardnet.nets.contranet import ContraNet, to_unit_range
-from guardnet.recipes import GuardRecipe, build_guard, list_guards
+from guardnet.recipes import GuardRecipe, list_guards
 from guardnet.weights import load_config, mirror_root
 
 PRETRAINED = guardnet.list_pretrained()

@@ -139,9 +139,9 @@ def _run(args: argparse.Namespace, command: str) -> int:
 def _recipe_guards(args: argparse.Namespace) -> list[tuple[str, Any, tuple[int, ...]]]:
     """``--guard`` recipes as calibrated guards (plus the authors' ContraNet variants)."""
     from guardnet.data import load_fixture
+    from guardnet.guard import build_guard
     from guardnet.layers import ContraNetLayer
     from guardnet.nets.contranet import ContraNet, ContraNetConfig
-    from guardnet.recipes import build_guard
 
     out = []
     for spec in args.guard or []:

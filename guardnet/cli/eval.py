@@ -237,7 +237,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
     from guardnet.eval.attacks import AdversarialCache
     from guardnet.eval.harness import evaluate_guard, format_report
     from guardnet.eval.plots import plot_robust_accuracy, plot_roc, save_examples
-    from guardnet.recipes import build_guard, list_guards
+    from guardnet.guard import build_guard
+    from guardnet.recipes import list_guards
 
     if args.list_guards:
         for recipe in list_guards():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from guardnet.calibration import false_positive_rate, threshold_at_fpr
+from guardnet.thresholds import false_positive_rate, threshold_at_fpr
 
 __all__ = [
     "auroc",

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Layer", "LayerInput", "LayerKind", "LayerOutput"]
+__all__ = ["Layer", "LayerInput", "LayerKind", "LayerOutput", "score_keys"]
 
 
 class LayerKind(str, enum.Enum):
@@ -214,3 +214,16 @@ class Layer(nn.Module):
         self.threshold[where] = float(threshold)
         if score_scale is not None:
             self.score_scale[where] = float(score_scale)
+
+
+def score_keys(name: str, layer: Layer) -> list[str]:
+    """The keys a layer's scores get in a guard's results: ``name``, or ``name.score`` per score.
+
+    Args:
+        name: the layer's name in the guard.
+        layer: the layer.
+
+    Returns:
+        One key per column of the layer's scores.
+    """
+    return [f"{name}.{s}" for s in layer.score_names] if layer.score_names else [name]
