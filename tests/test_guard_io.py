@@ -42,6 +42,10 @@ from guardnet.weights import ARCHITECTURES, register_architecture, save_pretrain
 TINY = "guardio-tiny"
 FILES = ["README.md", "config.json", "model.safetensors"]
 
+# Small calibration sets keep these round trips fast; the CalibrationWarning they raise is tested
+# in test_calibration.py.
+pytestmark = pytest.mark.filterwarnings("ignore::guardnet.errors.CalibrationWarning")
+
 
 @pytest.fixture
 def tiny_architecture() -> Iterator[str]:
