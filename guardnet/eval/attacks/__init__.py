@@ -1,5 +1,6 @@
-"""Attacks for evaluating guards: standard ones from independent libraries, adaptive ones of
-guardnet's own, and a disk cache of their results.
+"""Attacks for evaluating guards: standard attacks on the classifier (guardnet's own gradient
+attacks, foolbox's minimum-norm ones), adaptive attacks on the whole guard, and a disk cache of
+their results. One attack per module, all on the :class:`Attack` base class.
 
 Example:
     >>> import torch
@@ -19,23 +20,43 @@ from guardnet.eval.attacks.adaptive import (
     make_adaptive_attack,
     project_out,
 )
+from guardnet.eval.attacks.apgd import APGD, apgd
+from guardnet.eval.attacks.apgdt import APGDT
+from guardnet.eval.attacks.autoattack import AutoAttack
 from guardnet.eval.attacks.base import Attack
+from guardnet.eval.attacks.bim import BIM
 from guardnet.eval.attacks.cache import AdversarialCache, tensor_fingerprint
-from guardnet.eval.attacks.library import STANDARD_ATTACKS, LibraryAttack, make_attack
+from guardnet.eval.attacks.fgsm import FGSM
+from guardnet.eval.attacks.foolbox_attacks import CW, EADL1, DeepFool, FoolboxAttack
+from guardnet.eval.attacks.library import STANDARD_ATTACKS, make_attack
+from guardnet.eval.attacks.pgd import PGD, pgd
+from guardnet.eval.attacks.pgdl2 import PGDL2
 
 __all__ = [
     "ADAPTIVE_ATTACKS",
+    "APGD",
+    "APGDT",
+    "BIM",
+    "CW",
+    "EADL1",
+    "FGSM",
+    "PGD",
+    "PGDL2",
     "STANDARD_ATTACKS",
     "AdversarialCache",
     "Attack",
+    "AutoAttack",
+    "DeepFool",
     "DetectorLossPGD",
+    "FoolboxAttack",
     "GuardPGD",
-    "LibraryAttack",
     "OrthogonalPGD",
     "SelectivePGD",
     "ViewPGD",
+    "apgd",
     "make_adaptive_attack",
     "make_attack",
+    "pgd",
     "project_out",
     "tensor_fingerprint",
 ]
