@@ -21,15 +21,14 @@ from guardnet.eval.attacks import (
     OrthogonalPGD,
     SelectivePGD,
     ViewPGD,
-    apgd,
     make_adaptive_attack,
     make_attack,
-    pgd,
     project_out,
 )
-from guardnet.eval.attacks.apgd import apgd_checkpoints
+from guardnet.eval.attacks.apgd import apgd, apgd_checkpoints
 from guardnet.eval.attacks.bim import bim_steps
 from guardnet.eval.attacks.losses import dlr_loss
+from guardnet.eval.attacks.pgd import pgd
 
 # ---------------------------------------------------------------------------------------------
 # A toy guard in two pixels. Class 1 iff x1 + x2 > 1; the detector rejects |x2 - 0.5| > 0.05.

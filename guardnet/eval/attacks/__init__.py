@@ -1,6 +1,7 @@
 """Attacks for evaluating guards: standard attacks on the classifier (guardnet's own gradient
 attacks, foolbox's minimum-norm ones), adaptive attacks on the whole guard, and a disk cache of
-their results. One attack per module, all on the :class:`Attack` base class.
+their results. One attack per module, all on the :class:`Attack` base class; the batched functions
+behind them (e.g. :func:`guardnet.eval.attacks.pgd.pgd`) live in their modules.
 
 Example:
     >>> import torch
@@ -20,7 +21,7 @@ from guardnet.eval.attacks.adaptive import (
     make_adaptive_attack,
     project_out,
 )
-from guardnet.eval.attacks.apgd import APGD, apgd
+from guardnet.eval.attacks.apgd import APGD
 from guardnet.eval.attacks.apgdt import APGDT
 from guardnet.eval.attacks.autoattack import AutoAttack
 from guardnet.eval.attacks.base import Attack
@@ -29,7 +30,7 @@ from guardnet.eval.attacks.cache import AdversarialCache, tensor_fingerprint
 from guardnet.eval.attacks.fgsm import FGSM
 from guardnet.eval.attacks.foolbox_attacks import CW, EADL1, DeepFool, FoolboxAttack
 from guardnet.eval.attacks.library import STANDARD_ATTACKS, make_attack
-from guardnet.eval.attacks.pgd import PGD, pgd
+from guardnet.eval.attacks.pgd import PGD
 from guardnet.eval.attacks.pgdl2 import PGDL2
 
 __all__ = [
@@ -53,10 +54,8 @@ __all__ = [
     "OrthogonalPGD",
     "SelectivePGD",
     "ViewPGD",
-    "apgd",
     "make_adaptive_attack",
     "make_attack",
-    "pgd",
     "project_out",
     "tensor_fingerprint",
 ]
