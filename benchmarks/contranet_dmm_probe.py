@@ -8,7 +8,7 @@ training images, then the share of validation images whose nearest centroid is t
 rebuilds (``f_syn_centroid_accuracy``).
 
 With ``--classifier`` and ``--eps``, the probed images that the classifier gets right are also
-attacked (torchattacks PGD-L-inf, ``--steps`` steps, on the classifier only) and
+attacked (PGD-L-inf, ``--steps`` steps, on the classifier only) and
 ``f_real_centroid_accuracy_pgd_<eps>`` is the share of the successful adversarial examples that
 F_real still puts nearest their true class: what the DMM needs to flag them.
 

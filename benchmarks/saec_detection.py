@@ -4,7 +4,8 @@ Protocol (per dataset):
 - threshold: ``GuardedModel.calibrate`` on the clean *validation* split at ``--fpr``;
 - FPR: on the clean test split; TPR: on test images with uniform noise (values kept as float,
   and also rounded to 8-bit levels as a saved image would be) and with PGD-L-inf examples from
-  torchattacks against the quick classifier of ``benchmarks/train_quick_classifiers.py``;
+  ``guardnet.eval.measure.pgd_examples`` against the quick classifier of
+  ``benchmarks/train_quick_classifiers.py``;
 - separation: AUROC of clean test vs each perturbed set;
 - the paper's own calibration (clean training images vs noisy copies, best Youden J) is
   reported beside it;

@@ -2,7 +2,7 @@
 
 ContraNet's DMM must see an adversarial input's true class with F_real, a net the attacker
 never touched; this measures how much an attack on the protected classifier carries over to
-an independently trained net. Attacks: torchattacks PGD-L-inf (``--steps`` steps, random
+an independently trained net. Attacks: PGD-L-inf (``--steps`` steps, random
 start) on the seeded test images that the source classifier gets right.
 
 Usage:

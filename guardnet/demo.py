@@ -8,7 +8,6 @@ pre-filled Hugging Face cache, else from the Hub.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from guardnet.data import dataset_info, load_fixture
+from guardnet.eval.attacks import make_attack
 from guardnet.eval.metrics import detection_accuracy, robust_accuracy
 from guardnet.guard import GuardedModel, GuardResult, Normalize
 from guardnet.layers import ContraNetLayer, SAECLayer
@@ -42,16 +42,6 @@ def load_demo_classifier() -> nn.Module:
             architecture.
     """
     return from_pretrained(_DEMO_WEIGHTS)
-
-
-def _pgd(classifier: nn.Module, images: Tensor, labels: Tensor, eps: float, seed: int) -> Tensor:
-    # torchattacks imports torch.utils.cpp_extension, which warns about CUDA on CPU machines.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    import torchattacks
-
-    torch.manual_seed(seed)
-    attack = torchattacks.PGD(classifier, eps=eps, alpha=eps / 10, steps=50, random_start=True)
-    return attack(images, labels)
 
 
 def _rates(result: GuardResult, labels: Tensor) -> dict[str, float]:
@@ -89,7 +79,9 @@ def run_demo(
             (chosen on the validation images under their runner-up labels, see
             :meth:`GuardedModel.calibrate`).
         noise: amplitude of the uniform noise row (0-1 scale).
-        eps: PGD-L-inf budgets of the attack rows (0-1 scale).
+        eps: PGD-L-inf budgets of the attack rows (0-1 scale); the attack is
+            ``make_attack("pgd", ...)`` with its defaults (50 steps of ``2.5 eps / 50``, random
+            start), on the bare classifier.
         limit: use only the first ``limit`` test images.
         device: torch device to run on.
         seed: seed of the noise and of PGD's random start.
@@ -144,12 +136,10 @@ def run_demo(
     uniform = torch.rand(test_images.shape, generator=generator).to(device)
     noisy = (test_images + (2 * uniform - 1) * noise).clamp(0, 1)
     sets = {"clean": test_images, f"uniform noise {noise:g}": noisy}
-    try:
-        normalized = nn.Sequential(Normalize(info.mean, info.std), classifier).to(device).eval()
-        for e in eps:
-            sets[f"PGD-Linf eps {e:g}"] = _pgd(normalized, test_images, test_labels, e, seed)
-    except ImportError:
-        print("(torchattacks is not installed: `pip install guardnet[eval]` adds the attack)\n")
+    normalized = nn.Sequential(Normalize(info.mean, info.std), classifier).to(device)
+    for e in eps:
+        attack = make_attack("pgd", normalized, eps=e, seed=seed)
+        sets[f"PGD-Linf eps {e:g}"] = attack(test_images, test_labels)
 
     names = list(guard.rejectors)
     print(

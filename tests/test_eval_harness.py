@@ -30,7 +30,6 @@ def toy_guard() -> GuardedModel:
 
 
 def test_harness_on_the_toy_guard(tmp_path) -> None:
-    pytest.importorskip("torchattacks")
     guard = toy_guard()
     val, _ = toy_data(400, 0)
     test_x, test_y = toy_data(200, 1)
@@ -85,7 +84,6 @@ def test_harness_on_the_toy_guard(tmp_path) -> None:
 
 
 def test_harness_reuses_cached_examples(tmp_path) -> None:
-    pytest.importorskip("torchattacks")
     guard = toy_guard()
     val, _ = toy_data(200, 0)
     x, y = toy_data(50, 1)
@@ -184,7 +182,6 @@ def test_recipes_load(tmp_path) -> None:
 # tested in test_calibration.py; here it would only clutter the output.
 @pytest.mark.filterwarnings("ignore::guardnet.errors.CalibrationWarning")
 def test_eval_cli_on_fixtures(tmp_path, capsys) -> None:
-    pytest.importorskip("torchattacks")
     out = tmp_path / "out"
     argv = [
         "eval", "--guard", "mnist-mixdefense", "--fixtures", "--limit", "12",

@@ -23,6 +23,7 @@ from guardnet import (
     NotCalibratedError,
     SAECLayer,
 )
+from guardnet.eval.attacks import make_attack
 
 
 def calibrated(guard: GuardedModel, n: int = 400, channels: int = 3) -> GuardedModel:
@@ -383,13 +384,18 @@ class TestAttackView:
             plain = guard.attack_view(bpda=False)
         torch.testing.assert_close(view(x.detach()), plain(x.detach()), rtol=0, atol=0)
 
-    def test_works_with_torchattacks(self) -> None:
-        torchattacks = pytest.importorskip("torchattacks")
+    def test_works_with_guardnets_pgd_and_foolbox(self) -> None:
         guard = calibrated(GuardedModel(TinyClassifier(), [LowConfidenceLayer()], num_classes=10))
         view = guard.attack_view()
         x = torch.rand(8, 3, 16, 16)
         labels = guard(x).labels
-        attack = torchattacks.PGD(view, eps=8 / 255, alpha=2 / 255, steps=3, random_start=False)
+        attack = make_attack("pgd", view, eps=8 / 255, alpha=2 / 255, steps=3, random_start=False)
         adv = attack(x, labels)
         assert adv.shape == x.shape
         assert float((adv - x).abs().max()) <= 8 / 255 + 1e-6
+        fb = pytest.importorskip("foolbox")  # an independent library sees a plain nn.Module
+        fmodel = fb.PyTorchModel(view.eval(), bounds=(0.0, 1.0), device=x.device)
+        pgd = fb.attacks.LinfPGD(steps=3, abs_stepsize=2 / 255, random_start=False)
+        _, clipped, _ = pgd(fmodel, x, labels, epsilons=8 / 255)
+        assert clipped.shape == x.shape
+        assert float((clipped - x).abs().max()) <= 8 / 255 + 1e-6

@@ -18,6 +18,7 @@ __all__ = ["ADAPTIVE_ATTACK_NAMES", "STANDARD_ATTACK_NAMES", "add_parser", "pars
 # fast; tests/test_cli.py checks them against the registries of guardnet.eval.attacks.
 STANDARD_ATTACK_NAMES = (
     "apgd",
+    "apgdt",
     "autoattack",
     "bim",
     "cw",

@@ -43,7 +43,7 @@ def _add_measure_contranet(measure_sub: argparse._SubParsersAction) -> None:
         help="a ContraNet, alone and behind SAEC, against PGD and C&W on its classifier",
         description="Calibrate ContraNet alone and SAEC + ContraNet on clean validation images "
         "at each --fpr budget, then report clean FPR, Acc_dec, and TPR, Acc_rob and AUROC per "
-        "score against torchattacks' PGD-L-inf (random start) and C&W-L2 on the test images the "
+        "score against PGD-L-inf (random start) and C&W-L2 (foolbox) on the test images the "
         "classifier gets right (guardnet.eval.measure).",
         epilog="example: guardnet measure contranet --dataset mnist --contranet contranet-mnist "
         "--classifier mnist-cnn --eps 0.1 0.3 --json contranet_mnist.json",

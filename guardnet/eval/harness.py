@@ -6,9 +6,9 @@ Protocol (the honest one; every number it reports follows it):
 1. Thresholds come from :meth:`guardnet.GuardedModel.calibrate` (joint budget over all scores) on
    clean *validation* images, once per target FPR. Test and attack data never set a threshold.
 2. Clean test images give clean accuracy, the guard's FPR and Acc_dec.
-3. Attacks run on the test images the bare classifier gets right. Standard attacks (an
-   independent library) attack the classifier alone; adaptive attacks attack classifier and
-   guard together, with the guard calibrated at the attack's own FPR.
+3. Attacks run on the test images the bare classifier gets right. Standard attacks
+   (:func:`~guardnet.eval.attacks.make_attack`) attack the classifier alone; adaptive attacks
+   attack classifier and guard together, with the guard calibrated at the attack's own FPR.
 4. A *successful* adversarial example fools the classifier. TPR = share of successful examples
    the guard rejects; Acc_rob = 1 - (fooled and passed) / attacked; Acc_RC = share of attacked
    inputs the guarded system handles right (rejected, or accepted with the true label: equal to
@@ -237,7 +237,7 @@ def _build_attack(
     kwargs = dict(common)
     if plan.eps is not None:
         kwargs["eps"] = plan.eps
-    return make_attack(plan.name, ClassifierView(guard), num_classes=guard.num_classes, **kwargs)
+    return make_attack(plan.name, ClassifierView(guard), **kwargs)
 
 
 def _linf_budget(plan: AttackPlan, attack: Attack) -> float | None:

@@ -9,9 +9,9 @@
   the same clean validation images scored under the classifier's second most likely class);
 - clean test split: bare accuracy, the guard's FPR and Acc_dec (correct and passed, or wrong
   and rejected, over all clean images);
-- attacks on the correctly classified test images, against the classifier only (torchattacks,
-  an independent library): untargeted PGD-L-inf from a random start (step size
-  ``max(eps / 4, 2.5 * eps / steps)``) and C&W-L2 (c = 1, confidence 0, lr 0.01). TPR = share
+- attacks on the correctly classified test images, against the classifier only: untargeted
+  PGD-L-inf from a random start (guardnet's, step size ``max(eps / 4, 2.5 * eps / steps)``) and
+  C&W-L2 (foolbox; one round at c = 1, confidence 0, lr 0.01). TPR = share
   of the *successful* adversarial examples the guard rejects; Acc_rob = 1 - (fooled and
   passed) / all attacked images; AUROC per score (clean test against successful examples).
 
@@ -59,11 +59,6 @@ BUDGETS = ("equal", "runner_up")
 _ATTACK_BATCH = 250
 
 
-def _batched(attack: Callable[[Tensor, Tensor], Tensor], images: Tensor, labels: Tensor) -> Tensor:
-    chunks = zip(images.split(_ATTACK_BATCH), labels.split(_ATTACK_BATCH), strict=True)
-    return torch.cat([attack(x, y) for x, y in chunks])
-
-
 def pgd_examples(
     model: nn.Module,
     images: Tensor,
@@ -74,10 +69,9 @@ def pgd_examples(
     seed: int = 0,
     alpha: float | None = None,
 ) -> Tensor:
-    """Untargeted PGD-L-inf examples (torchattacks) of ``model`` from a random start.
+    """Untargeted PGD-L-inf examples of ``model`` from a random start (``make_attack("pgd")``).
 
-    The global RNG is seeded with ``seed`` first, so the random starts repeat. Needs the
-    ``eval`` extra (torchattacks).
+    Seeded by ``seed``, so the random starts repeat.
 
     Args:
         model: the attacked classifier, taking [0, 1] images (normalisation inside).
@@ -94,34 +88,43 @@ def pgd_examples(
     Example:
         >>> adv = pgd_examples(classifier, x, y, 8 / 255, steps=10)  # doctest: +SKIP
     """
-    import torchattacks
+    from guardnet.eval.attacks import make_attack
 
-    torch.manual_seed(seed)
     step = max(eps / 4, 2.5 * eps / steps) if alpha is None else alpha
-    attack = torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=True)
-    return _batched(attack, images, labels)
+    attack = make_attack(
+        "pgd", model, eps=eps, alpha=step, steps=steps, seed=seed, batch_size=_ATTACK_BATCH
+    )
+    return attack(images, labels)
 
 
 def cw_examples(
     model: nn.Module, images: Tensor, labels: Tensor, *, steps: int = 100, seed: int = 0
 ) -> Tensor:
-    """C&W-L2 examples (torchattacks; c = 1, confidence 0, lr 0.01) of ``model``.
+    """C&W-L2 examples (one round at c = 1, confidence 0, Adam lr 0.01) of ``model``.
 
     Args:
         model: the attacked classifier, taking [0, 1] images.
         images: (N, C, H, W) images in [0, 1].
         labels: (N,) their true labels.
         steps: optimisation steps.
-        seed: seeds the global RNG first.
+        seed: the attack's seed.
 
     Returns:
         (N, C, H, W) adversarial examples in [0, 1].
     """
-    import torchattacks
+    from guardnet.eval.attacks import make_attack
 
-    torch.manual_seed(seed)
-    attack = torchattacks.CW(model, c=1.0, kappa=0.0, steps=steps, lr=0.01)
-    return _batched(attack, images, labels)
+    attack = make_attack(
+        "cw",
+        model,
+        binary_search_steps=1,
+        initial_const=1.0,
+        steps=steps,
+        lr=0.01,
+        seed=seed,
+        batch_size=_ATTACK_BATCH,
+    )
+    return attack(images, labels)
 
 
 class _CachedAttack:
@@ -324,7 +327,7 @@ def measure_contranet(
     plans = [
         (
             f"pgd_linf_{_eps_label(e, info.name)}",
-            {"eps": e, "steps": steps, "seed": seed},
+            {"eps": e, "steps": steps, "seed": seed, "library": "guardnet"},
             lambda a, b, e=e: pgd_examples(model, a, b, e, steps=steps, seed=seed),
         )
         for e in eps
@@ -333,7 +336,7 @@ def measure_contranet(
         plans.append(
             (
                 "cw_l2",
-                {"steps": cw_steps, "seed": seed},
+                {"steps": cw_steps, "seed": seed, "library": "foolbox"},
                 lambda a, b: cw_examples(model, a, b, steps=cw_steps, seed=seed),
             )
         )
@@ -389,8 +392,8 @@ def measure_contranet(
         "test_images": len(test),
         "attacked_images": int(correct.sum()),
         "attack_settings": {
-            "pgd": {"steps": steps, "random_start": True, "library": "torchattacks"},
-            "cw_l2": {"c": 1.0, "kappa": 0.0, "steps": cw_steps, "lr": 0.01},
+            "pgd": {"steps": steps, "random_start": True, "library": "guardnet"},
+            "cw_l2": {"c": 1.0, "kappa": 0.0, "steps": cw_steps, "lr": 0.01, "library": "foolbox"},
         },
         "calibration": headline["calibration"],
         "results": headline["results"],

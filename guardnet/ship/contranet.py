@@ -190,7 +190,7 @@ def ship_contranet(
 ## Measured detection ({measured["dataset"]} test, {measured["test_images"]} seeded images)
 
 Thresholds from `guard.calibrate` on {measured["val_images"]} clean validation images at a joint
-FPR budget of {budgets} (never test or attack data); attacks from torchattacks against
+FPR budget of {budgets} (never test or attack data); attacks ({_attack_libraries(measured)}) against
 `{measured["classifier"]}` on the {measured["attacked_images"]} correctly classified test images;
 TPR = share of successful adversarial examples rejected (attack success rates: {success}). {which}
 
@@ -206,3 +206,10 @@ TPR = share of successful adversarial examples rejected (attack success rates: {
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (target / "README.md").write_text(card)
     return config["metrics"]
+
+
+def _attack_libraries(measured: Mapping[str, Any]) -> str:
+    """Which libraries made a measurement's attacks, from its ``attack_settings``."""
+    settings = measured.get("attack_settings") or {}
+    named = [f"{name}: {s['library']}" for name, s in settings.items() if "library" in s]
+    return ", ".join(named) or "torchattacks"

@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 
 from guardnet.errors import ConfigError
+from guardnet.eval.attacks import norms
 from guardnet.eval.attacks.base import Attack
 from guardnet.guard import GuardAttackView, GuardedModel
 
@@ -219,29 +220,9 @@ class GuardPGD(Attack):
         return torch.zeros_like(images) if grad is None else grad
 
     # ---------------------------------------------------------------- the loop
-    def _random_start(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        noise = torch.rand(images.shape, generator=generator, device=images.device)
-        if self.norm == "Linf":
-            delta = (noise * 2 - 1) * self.eps
-        else:
-            gauss = torch.randn(images.shape, generator=generator, device=images.device)
-            norms = gauss.flatten(1).norm(dim=1).clamp_min(1e-12)
-            radius = noise.flatten(1)[:, 0] * self.eps
-            delta = gauss * _expand(radius / norms, gauss)
-        return (images + delta.to(images.dtype)).clamp(0.0, 1.0)
-
     def _step(self, adv: Tensor, images: Tensor, direction: Tensor) -> Tensor:
-        if self.norm == "Linf":
-            adv = adv - self.alpha * direction.sign()
-            adv = torch.minimum(torch.maximum(adv, images - self.eps), images + self.eps)
-        else:
-            norms = direction.flatten(1).norm(dim=1).clamp_min(1e-12)
-            adv = adv - self.alpha * direction / _expand(norms, direction)
-            delta = adv - images
-            delta_norms = delta.flatten(1).norm(dim=1)
-            factor = (self.eps / delta_norms.clamp_min(1e-12)).clamp(max=1.0)
-            adv = images + delta * _expand(factor, delta)
-        return adv.clamp(0.0, 1.0)
+        # ``direction`` is a descent direction: step against it.
+        return norms.step(adv, images, -direction, alpha=self.alpha, eps=self.eps, norm=self.norm)
 
     def perturb(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
         view = self.view
@@ -251,7 +232,10 @@ class GuardPGD(Attack):
             shift = torch.randint(1, k, labels.shape, generator=generator, device=labels.device)
             targets = (labels + shift) % k
         images = images.detach()
-        adv = self._random_start(images, generator) if self.random_start else images.clone()
+        if self.random_start:
+            adv = norms.random_start(images, self.eps, self.norm, generator)
+        else:
+            adv = images.clone()
         best = images.clone()
         done = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
         # No host syncs inside the loop: bookkeeping is masks and torch.where.

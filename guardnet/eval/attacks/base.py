@@ -1,8 +1,8 @@
 """The attack base class: input checks, eval mode, device, chunking, seeding and progress.
 
 Subclasses implement :meth:`Attack.perturb` on one chunk that is already on the model's device;
-``__call__`` does everything else, so every attack (library wrappers and guardnet's adaptive
-attacks) behaves the same way: same checks, same seeds, same memory bound.
+``__call__`` does everything else, so every attack (the standard ones, the foolbox wrappers and
+the adaptive ones) behaves the same way: same checks, same seeds, same memory bound.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ __all__ = ["Attack"]
 
 
 class Attack:
-    """Base class of guardnet's attacks (after torchattacks' design).
+    """Base class of guardnet's attacks: ``__call__`` does the rest, ``perturb`` the algorithm.
 
     Args:
         model: what is attacked: a classifier taking [0, 1] images (normalisation inside) for
             the standard attacks, a :class:`guardnet.GuardedModel` for the adaptive ones.
         batch_size: images per chunk; bounds memory for large inputs.
-        seed: seed of the random start / library RNG; chunk ``i`` uses ``seed + i``, so results
-            do not depend on what ran before.
+        seed: seed of the random start; chunk ``i`` uses ``seed + i`` (a generator on the
+            model's device, and the global RNG for foolbox), so results do not depend on what
+            ran before.
         progress: show a progress bar over chunks.
 
     Calling ``attack(images, labels)`` returns adversarial images shaped like ``images``, in
@@ -92,7 +93,7 @@ class Attack:
             bar = tqdm(chunks, desc=self.name, unit="batch", disable=not self.progress)
             for index, (x, y) in enumerate(bar):
                 seed = self.seed + index
-                torch.manual_seed(seed)  # library attacks draw from the global RNG
+                torch.manual_seed(seed)  # foolbox draws from the global RNG
                 generator = torch.Generator(device=device).manual_seed(seed)
                 adv = self.perturb(x.to(device), y.to(device), generator)
                 out.append(adv.detach().clamp_(0.0, 1.0).to(images.device, images.dtype))
