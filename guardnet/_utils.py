@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "Float32Buffers",
     "eval_mode",
     "iter_image_batches",
     "module_device",
@@ -34,6 +36,31 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for m in training:
             m.training = True
+
+
+class Float32Buffers(nn.Module):
+    """A module whose buffers named in ``float32_buffers`` keep float32 under ``.half()``.
+
+    ``.half()``, ``.bfloat16()`` and ``.to(torch.float16)`` round every floating buffer to 11 or 8
+    bits of mantissa. For constants that decide a result (a threshold, a filter kernel whose
+    entries must sum to 0), that rounding would silently change the result, so these buffers
+    keep their value at float32 instead; other conversions (``.double()``, devices) apply as
+    usual. Code that uses them casts where it needs to (comparisons promote by themselves).
+    """
+
+    float32_buffers: ClassVar[tuple[str, ...]] = ()
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Float32Buffers:
+        before = {name: self._buffers.get(name) for name in self.float32_buffers}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers.get(name)
+            if old is not None and new is not None and new.dtype in _LOW_PRECISION:
+                self._buffers[name] = old.to(device=new.device, dtype=torch.float32)
+        return self
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def module_device(module: nn.Module) -> torch.device | None:

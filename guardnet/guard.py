@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,15 +15,10 @@ from torch import Tensor, nn
 
 from guardnet._utils import eval_mode, module_device, module_dtype
 from guardnet.calibration import CalibrationReport, calibrate_guard
-from guardnet.errors import NotCalibratedError
+from guardnet.errors import GuardnetError, InputDTypeError, NotCalibratedError
 from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput, score_keys
 from guardnet.nets.normalize import Normalize
-from guardnet.validation import (
-    check_images,
-    check_logits,
-    check_same_device,
-    check_same_dtype,
-)
+from guardnet.validation import check_images, check_logits, check_same_device, to_model_dtype
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,6 +42,9 @@ class GuardResult:
             ``"name.score"`` (e.g. ``"contranet.dmm"``).
         layer_rejected: per score (same keys), (B,) reject masks.
         computed: per score (same keys), (B,) ``True`` where the layer ran.
+        errors: with ``fail_closed=True``, per layer name, the exception a layer raised
+            (``"TypeName: message"``); the rows it ran on are rejected, with NaN scores and
+            ``computed`` ``False``. Empty when every layer ran.
     """
 
     labels: Tensor
@@ -54,6 +54,7 @@ class GuardResult:
     scores: dict[str, Tensor] = field(default_factory=dict)
     layer_rejected: dict[str, Tensor] = field(default_factory=dict)
     computed: dict[str, Tensor] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -87,14 +88,20 @@ class GuardResult:
             scores=move(self.scores),
             layer_rejected=move(self.layer_rejected),
             computed=move(self.computed),
+            errors=dict(self.errors),
         )
 
     @staticmethod
     def cat(results: Sequence[GuardResult]) -> GuardResult:
-        """Concatenate results of consecutive chunks along the batch."""
+        """Concatenate results of consecutive chunks along the batch (a layer that failed on
+        several chunks keeps its first error)."""
         if not results:
             raise ValueError("nothing to concatenate")
         first = results[0]
+        errors: dict[str, str] = {}
+        for result in results:
+            for name, error in result.errors.items():
+                errors.setdefault(name, error)
 
         def cat_dict(key: str) -> dict[str, Tensor]:
             return {
@@ -110,6 +117,7 @@ class GuardResult:
             scores=cat_dict("scores"),
             layer_rejected=cat_dict("layer_rejected"),
             computed=cat_dict("computed"),
+            errors=errors,
         )
 
     def summary(self) -> str:
@@ -119,7 +127,12 @@ class GuardResult:
         for name, mask in self.layer_rejected.items():
             ran = int(self.computed[name].sum())
             lines.append(f"  {name:<16} ran on {ran:>6}, rejected {int(mask.sum()):>6}")
+        lines.extend(f"  {name} failed: {error}" for name, error in self.errors.items())
         return "\n".join(lines)
+
+
+#: How PyTorch says it lacks a kernel for a dtype on a device (e.g. float16 on older CPU builds).
+_UNSUPPORTED_DTYPE = re.compile(r"not implemented for '(Half|BFloat16)'")
 
 
 def _unique_names(layers: Iterable[Layer]) -> dict[str, Layer]:
@@ -142,6 +155,17 @@ class GuardedModel(nn.Module):
     and decisions. Classifier and layers always run in eval mode and without autograd (``probe``
     layers get autograd inside); the caller's own modes are restored afterwards.
 
+    Images of any floating dtype guardnet accepts (float16, bfloat16, float32, float64) are
+    converted to the guard's dtype (that of its first floating parameter or buffer) with one
+    ``.to()`` at the boundary, after the checks, so logits and most scores come in the guard's
+    dtype.
+    From float16/bfloat16 to a float32 guard the conversion is exact; float64 is rounded to
+    float32 (6e-8 relative). Integer images are refused with :class:`InputDTypeError` (convert
+    8-bit images with ``images.float() / 255``). A guard converted with ``.half()``,
+    ``.bfloat16()`` or ``.double()`` computes in that dtype, except that thresholds and SAEC's
+    statistic stay in at least float32; where PyTorch lacks an operation for that dtype on the
+    guard's device, calls raise :class:`InputDTypeError` naming the fix (``guard.float()``).
+
     Args:
         classifier: any ``nn.Module`` mapping images to (B, K) logits.
         layers: the defense layers, in pipeline order (``pre`` layers first); a mapping gives
@@ -158,6 +182,14 @@ class GuardedModel(nn.Module):
         max_batch_size: split larger batches into chunks of this size to bound memory.
         validate_inputs: check dtype, shape, NaN/Inf and the [0, 1] range of every input (one
             host sync per call).
+        fail_closed: in :meth:`forward`, an exception raised by a layer rejects the inputs of the
+            chunk (``max_batch_size``) the layer was running on instead of propagating: the
+            result reports it in :attr:`GuardResult.errors`, those rows get
+            ``layer_rejected`` ``True`` for each of the layer's scores and NaN scores, and the
+            other layers and chunks run as usual; a NaN or infinite score from a layer that ran
+            is rejected too. Input checks at the boundary, :class:`NotCalibratedError` and the
+            classifier's own exceptions still raise; :meth:`compute_scores`,
+            :meth:`calibrate` and the attack view always raise. Off by default.
 
     Example:
         >>> from guardnet import GuardedModel, SAECLayer
@@ -181,6 +213,7 @@ class GuardedModel(nn.Module):
         cascade: bool = False,
         max_batch_size: int | None = None,
         validate_inputs: bool = True,
+        fail_closed: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(classifier, nn.Module):
@@ -235,6 +268,7 @@ class GuardedModel(nn.Module):
         self.cascade = cascade
         self.max_batch_size = max_batch_size
         self.validate_inputs = validate_inputs
+        self.fail_closed = fail_closed
         #: The recipe the guard was built from (:func:`guardnet.build_guard`), if any.
         self.recipe: GuardRecipe | None = None
         #: What the last :meth:`calibrate` did (restored by :meth:`from_pretrained`).
@@ -265,10 +299,26 @@ class GuardedModel(nn.Module):
         """The bare classifier on [0, 1] images (normalisation applied), with no checks."""
         return self.classifier(self.normalize(images))
 
-    def _check_input(self, images: Tensor, *, check_values: bool) -> None:
+    def _check_input(self, images: Tensor, *, check_values: bool) -> Tensor:
+        """Check ``images`` and return them in the guard's dtype."""
         check_images(images, channels=self.in_channels, check_values=check_values)
         check_same_device(images, module_device(self), what="guard")
-        check_same_dtype(images, module_dtype(self), what="guard")
+        return to_model_dtype(images, module_dtype(self))
+
+    @contextlib.contextmanager
+    def _dtype_support(self, images: Tensor) -> Iterator[None]:
+        """Turn PyTorch's "not implemented for 'Half'" into an error naming the fix."""
+        try:
+            yield
+        except RuntimeError as error:
+            if isinstance(error, GuardnetError) or not _UNSUPPORTED_DTYPE.search(str(error)):
+                raise
+            dtype = str(images.dtype).removeprefix("torch.")
+            raise InputDTypeError(
+                f"the guard computes in {dtype}, which PyTorch {torch.__version__} does not "
+                f"support on {images.device.type} for an operation it runs ({error}); convert the "
+                "guard with guard.float() (inputs follow the guard's dtype)"
+            ) from error
 
     def _check_calibrated(self) -> None:
         rejecting = self.rejecting_layers
@@ -321,11 +371,13 @@ class GuardedModel(nn.Module):
         apply_thresholds: bool = True,
         bpda: bool = False,
         runner_up: bool = False,
+        fail_closed: bool = False,
     ) -> GuardResult:
         """Run layers and classifier on one (already validated) chunk.
 
         ``runner_up``: the layers after the classifier see its second most likely class as the
-        predicted label (see :meth:`compute_scores`).
+        predicted label (see :meth:`compute_scores`). ``fail_closed``: a layer that raises
+        rejects the rows it ran on (see the class docstring).
         """
         batch = images.shape[0]
         inputs = LayerInput(images=images)
@@ -333,6 +385,7 @@ class GuardedModel(nn.Module):
         scores: dict[str, Tensor] = {}
         rejected_by_layer: dict[str, Tensor] = {}
         computed: dict[str, Tensor] = {}
+        errors: dict[str, str] = {}
         rejected = torch.zeros(batch, dtype=torch.bool, device=images.device)
 
         def run_classifier(current: LayerInput) -> LayerInput:
@@ -354,45 +407,41 @@ class GuardedModel(nn.Module):
             if cascade and rejected.any():  # one host sync per layer, not per sample
                 index = (~rejected).nonzero().squeeze(1)
             keys = score_keys(name, layer)  # type: ignore[arg-type]
-            if index is not None and index.numel() == 0:
-                for key in keys:
-                    scores[key] = images.new_full((batch,), float("nan"))
-                    computed[key] = torch.zeros_like(rejected)
-                    rejected_by_layer[key] = torch.zeros_like(rejected)
-                continue
-            sub_inputs = inputs if index is None else inputs.select(index)
-            out = self._call_layer(layer, sub_inputs, grad=grad, bpda=bpda)  # type: ignore[arg-type]
-            layer_scores = out.scores
-            expected = (
-                (sub_inputs.batch_size, len(keys))
-                if layer.score_names
-                else (sub_inputs.batch_size,)
-            )
-            if layer_scores.shape != expected:
-                raise RuntimeError(
-                    f"layer {name!r} returned scores of shape {tuple(layer_scores.shape)}, "
-                    f"expected {expected}"
-                )
             if index is None:
                 ran = torch.ones_like(rejected)
             else:
-                full = layer_scores.new_full((batch, *expected[1:]), float("nan"))
-                layer_scores = full.index_copy(0, index, layer_scores)
                 ran = torch.zeros_like(rejected).index_fill(0, index, True)
-            layer_mask = (
-                layer.reject(layer_scores)  # type: ignore[operator]
-                if apply_thresholds
-                else torch.zeros(layer_scores.shape, dtype=torch.bool, device=images.device)
-            )
-            columns = layer_scores.unbind(1) if layer.score_names else (layer_scores,)
-            masks = layer_mask.unbind(1) if layer.score_names else (layer_mask,)
+            if index is not None and index.numel() == 0:
+                columns: Sequence[Tensor] = [images.new_full((batch,), float("nan"))] * len(keys)
+                masks: Sequence[Tensor] = [torch.zeros_like(rejected)] * len(keys)
+                ran = torch.zeros_like(rejected)
+            else:
+                try:
+                    layer_scores, layer_mask, inputs = self._run_layer(
+                        name,
+                        layer,  # type: ignore[arg-type]
+                        inputs,
+                        index,
+                        ran,
+                        grad=grad,
+                        bpda=bpda,
+                        apply_thresholds=apply_thresholds,
+                        fail_closed=fail_closed,
+                    )
+                except Exception as error:
+                    if not fail_closed:
+                        raise
+                    errors[name] = f"{type(error).__name__}: {error}"
+                    layer_scores = images.new_full((batch, len(keys)), float("nan"))
+                    layer_mask = ran[:, None].expand(batch, len(keys))
+                    ran = torch.zeros_like(rejected)
+                columns = layer_scores.unbind(1) if layer_scores.ndim == 2 else (layer_scores,)
+                masks = layer_mask.unbind(1) if layer_mask.ndim == 2 else (layer_mask,)
             for key, column, mask in zip(keys, columns, masks, strict=True):
                 scores[key] = column
                 computed[key] = ran
                 rejected_by_layer[key] = mask
                 rejected = rejected | mask
-            if layer.kind is LayerKind.REFORM:
-                inputs = self._apply_reform(name, inputs, out, index)
 
         if inputs.logits is None:
             inputs = run_classifier(inputs)
@@ -407,7 +456,51 @@ class GuardedModel(nn.Module):
             scores=scores,
             layer_rejected=rejected_by_layer,
             computed=computed,
+            errors=errors,
         )
+
+    def _run_layer(
+        self,
+        name: str,
+        layer: Layer,
+        inputs: LayerInput,
+        index: Tensor | None,
+        ran: Tensor,
+        *,
+        grad: bool,
+        bpda: bool,
+        apply_thresholds: bool,
+        fail_closed: bool,
+    ) -> tuple[Tensor, Tensor, LayerInput]:
+        """One layer on the rows at ``index`` (``None``: all): its full-batch scores, reject
+        mask (both (B,) or (B, S)) and the inputs later layers see."""
+        batch = inputs.batch_size
+        sub_inputs = inputs if index is None else inputs.select(index)
+        out = self._call_layer(layer, sub_inputs, grad=grad, bpda=bpda)
+        layer_scores = out.scores
+        expected = (
+            (sub_inputs.batch_size, len(layer.score_names))
+            if layer.score_names
+            else (sub_inputs.batch_size,)
+        )
+        if layer_scores.shape != expected:
+            raise RuntimeError(
+                f"layer {name!r} returned scores of shape {tuple(layer_scores.shape)}, "
+                f"expected {expected}"
+            )
+        if index is not None:
+            full = layer_scores.new_full((batch, *expected[1:]), float("nan"))
+            layer_scores = full.index_copy(0, index, layer_scores)
+        if not apply_thresholds:
+            layer_mask = torch.zeros(layer_scores.shape, dtype=torch.bool, device=ran.device)
+        else:
+            layer_mask = layer.reject(layer_scores)
+            if fail_closed:  # a score that is not a number where the layer ran is a failure
+                broken = ~layer_scores.isfinite()
+                layer_mask = layer_mask | (broken & (ran if broken.ndim == 1 else ran[:, None]))
+        if layer.kind is LayerKind.REFORM:
+            inputs = self._apply_reform(name, inputs, out, index)
+        return layer_scores, layer_mask, inputs
 
     @staticmethod
     def _apply_reform(
@@ -459,7 +552,8 @@ class GuardedModel(nn.Module):
         """Classify and screen a batch.
 
         Args:
-            images: (B, C, H, W) float images in [0, 1], on the guard's device.
+            images: (B, C, H, W) float images in [0, 1], on the guard's device; converted to the
+                guard's dtype.
 
         Returns:
             A :class:`GuardResult`.
@@ -467,16 +561,18 @@ class GuardedModel(nn.Module):
         Raises:
             InputShapeError, InputDTypeError, InputValueError, InputRangeError: bad input.
             DeviceMismatchError: input and guard on different devices.
-            InputDTypeError: input and guard weights of different floating dtypes.
+            InputDTypeError: PyTorch cannot run the guard's dtype on its device.
             NotCalibratedError: a rejecting layer has no threshold.
         """
-        self._check_input(images, check_values=self.validate_inputs)
+        images = self._check_input(images, check_values=self.validate_inputs)
         self._check_calibrated()
         if images.shape[0] == 0:
             return self._empty_result(images)
-        with eval_mode(self), torch.no_grad():
+        with eval_mode(self), torch.no_grad(), self._dtype_support(images):
             results = [
-                self._pipeline(chunk, cascade=self.cascade, grad=False)
+                self._pipeline(
+                    chunk, cascade=self.cascade, grad=False, fail_closed=self.fail_closed
+                )
                 for chunk in self._chunks(images)
             ]
         return results[0] if len(results) == 1 else GuardResult.cat(results)
@@ -496,10 +592,10 @@ class GuardedModel(nn.Module):
         if labels not in ("predicted", "runner_up"):
             raise ValueError(f"labels must be 'predicted' or 'runner_up', got {labels!r}")
         runner_up = labels == "runner_up"
-        self._check_input(images, check_values=self.validate_inputs)
+        images = self._check_input(images, check_values=self.validate_inputs)
         if images.shape[0] == 0:
             return {n: images.new_zeros(0) for n in self.score_keys}
-        with eval_mode(self), torch.no_grad():
+        with eval_mode(self), torch.no_grad(), self._dtype_support(images):
             results = [
                 self._pipeline(
                     chunk, cascade=False, grad=False, apply_thresholds=False, runner_up=runner_up
@@ -667,7 +763,7 @@ class GuardedModel(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, cascade={self.cascade}, "
-            f"max_batch_size={self.max_batch_size}"
+            f"max_batch_size={self.max_batch_size}, fail_closed={self.fail_closed}"
         )
 
 
@@ -755,8 +851,8 @@ class GuardAttackView(nn.Module):
         from these two tensors.
         """
         guard = self.guard
-        guard._check_input(images, check_values=False)
-        with eval_mode(guard):
+        images = guard._check_input(images, check_values=False)
+        with eval_mode(guard), guard._dtype_support(images):
             result = guard._pipeline(images, cascade=False, grad=True, bpda=self.bpda)
         rejecting = guard.rejecting_layers
         if not rejecting:

@@ -8,9 +8,9 @@ model's:
   rebuilds the guard without any weights: the classifier (its registered ``architecture`` and
   ``arch_args`` when it came from a pretrained guardnet model, else only its class name), each
   layer's ``name``, ``type`` and constructor ``config`` (:meth:`guardnet.layers.Layer.get_config`),
-  ``num_classes``, ``in_channels``, ``mean``, ``std``, ``cascade``, ``max_batch_size`` and
-  ``validate_inputs``; then the ``calibration`` report, the named ``recipe`` the guard was built
-  from (if any) and ``weights_sha256``.
+  ``num_classes``, ``in_channels``, ``mean``, ``std``, ``cascade``, ``max_batch_size``,
+  ``validate_inputs`` and ``fail_closed``; then the ``calibration`` report, the named ``recipe``
+  the guard was built from (if any) and ``weights_sha256``.
 * ``model.safetensors``: the guard's whole ``state_dict``: every layer's weights with its
   ``threshold`` and ``score_scale`` buffers, the normalisation, and the classifier's weights
   unless they were left out (``include_classifier=False``, the default for a classifier that
@@ -185,6 +185,7 @@ def guard_config(guard: GuardedModel, *, include_classifier: bool | None = None)
         "cascade": guard.cascade,
         "max_batch_size": guard.max_batch_size,
         "validate_inputs": guard.validate_inputs,
+        "fail_closed": guard.fail_closed,
         "calibration": None if report is None else report.to_dict(),
         "recipe": recipe.to_dict() if hasattr(recipe, "to_dict") else None,
     }
@@ -220,6 +221,7 @@ def _guard_from_config(
             cascade=bool(config.get("cascade", False)),
             max_batch_size=config.get("max_batch_size"),
             validate_inputs=bool(config.get("validate_inputs", True)),
+            fail_closed=bool(config.get("fail_closed", False)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: the config does not build a guard: {exc}") from exc

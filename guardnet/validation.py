@@ -2,7 +2,9 @@
 
 guardnet works on float images in [0, 1] with shape (B, C, H, W). Every public entry point checks
 its input here once, so the hot paths behind it can trust their tensors. The value checks (NaN/Inf
-and range) are fused into a single host synchronisation.
+and range) are fused into a single host synchronisation. Images of any of the
+:data:`FLOAT_DTYPES` are accepted; :func:`to_model_dtype` then converts them to the model's dtype
+once, at the boundary.
 """
 
 from __future__ import annotations
@@ -20,7 +22,21 @@ from guardnet.errors import (
     InputValueError,
 )
 
-__all__ = ["check_images", "check_logits", "check_same_device", "check_same_dtype"]
+__all__ = [
+    "FLOAT_DTYPES",
+    "check_images",
+    "check_logits",
+    "check_same_device",
+    "to_model_dtype",
+]
+
+#: The floating dtypes guardnet accepts images in (others, e.g. float8, are refused).
+FLOAT_DTYPES: tuple[torch.dtype, ...] = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+)
 
 # Slack for values that left [0, 1] only through float rounding (e.g. an un-normalisation).
 RANGE_TOLERANCE = 1e-6
@@ -35,6 +51,9 @@ def check_images(
 ) -> None:
     """Check that ``images`` is a float (B, C, H, W) batch with finite values in [0, 1].
 
+    The dtype must be one of :data:`FLOAT_DTYPES`; integer images are refused with the
+    conversion that fixes them (``images.float() / 255`` for 8-bit images).
+
     Args:
         images: the tensor to check.
         channels: the allowed channel count(s); ``None`` allows any.
@@ -43,7 +62,7 @@ def check_images(
 
     Raises:
         InputShapeError: not a 4-D tensor, or a channel count that is not allowed.
-        InputDTypeError: not a tensor, or not floating point.
+        InputDTypeError: not a tensor, or not of a dtype in :data:`FLOAT_DTYPES`.
         InputValueError: NaN or Inf values.
         InputRangeError: values below 0 or above 1.
 
@@ -58,10 +77,19 @@ def check_images(
             f"{name} must have shape (B, C, H, W), got {tuple(images.shape)}{hint}"
         )
     if not images.is_floating_point():
-        hint = " (uint8 images: divide by 255)" if images.dtype == torch.uint8 else ""
+        if images.dtype == torch.bool or images.is_complex():
+            fix = f"{name}.float()" if images.dtype == torch.bool else f"{name}.real.float()"
+        else:
+            fix = f"{name}.float() / 255 for 8-bit images (divide by 255 to reach [0, 1])"
         raise InputDTypeError(
             f"{name} must be a floating-point tensor with values in [0, 1], got dtype "
-            f"{images.dtype}{hint}"
+            f"{str(images.dtype).removeprefix('torch.')}; convert it with {fix}"
+        )
+    if images.dtype not in FLOAT_DTYPES:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)
+        raise InputDTypeError(
+            f"{name} has dtype {str(images.dtype).removeprefix('torch.')}, which guardnet does "
+            f"not compute in; convert it with {name}.float() (accepted dtypes: {allowed})"
         )
     if channels is not None:
         allowed = (channels,) if isinstance(channels, int) else tuple(channels)
@@ -130,12 +158,24 @@ def check_same_device(images: Tensor, device: torch.device | None, *, what: str)
     )
 
 
-def check_same_dtype(images: Tensor, dtype: torch.dtype | None, *, what: str) -> None:
-    """Raise :class:`InputDTypeError` when floating ``images`` do not have the model's ``dtype``."""
+def to_model_dtype(images: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``images`` in the model's floating ``dtype``: one ``.to(dtype)``, or ``images`` itself.
+
+    The conversion is exact from float16 and bfloat16 to float32 or float64, and rounds
+    float64 to float32's 24-bit mantissa (6e-8 relative, far below the 1/255 steps of an 8-bit
+    image). Images in [0, 1] never overflow a floating dtype.
+
+    Args:
+        images: checked floating images (:func:`check_images`).
+        dtype: the model's dtype (``None``: a model without floating tensors; no conversion).
+
+    Returns:
+        The images in ``dtype``.
+
+    Example:
+        >>> to_model_dtype(torch.rand(1, 3, 4, 4, dtype=torch.float64), torch.float32).dtype
+        torch.float32
+    """
     if dtype is None or images.dtype == dtype:
-        return
-    raise InputDTypeError(
-        f"the input is {str(images.dtype).removeprefix('torch.')} but the {what}'s weights are "
-        f"{str(dtype).removeprefix('torch.')}; convert the input with x.to({dtype}) or the "
-        f"{what} with .to({images.dtype})"
-    )
+        return images
+    return images.to(dtype)

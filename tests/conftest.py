@@ -1,13 +1,25 @@
-"""Shared pytest configuration: the ``slow`` marker runs only with ``--run-slow``; fixtures
-used by several test files."""
+"""Shared pytest configuration: the ``slow`` marker runs only with ``--run-slow``; hypothesis
+profiles; fixtures used by several test files."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property-based tests (test_properties.py): by default a few examples, the same on every run;
+# HYPOTHESIS_PROFILE=thorough (or --hypothesis-profile=thorough) draws many fresh ones (minutes).
+_PROPERTY_CHECKS = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile("guardnet", max_examples=25, derandomize=True, **_PROPERTY_CHECKS)
+settings.register_profile("thorough", max_examples=500, **_PROPERTY_CHECKS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "guardnet"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

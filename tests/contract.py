@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 import guardnet.layers
-from guardnet import GuardedModel
-from guardnet.layers.base import Layer, LayerInput, LayerKind
+from guardnet import GuardedModel, GuardResult
+from guardnet.layers.base import Layer, LayerInput, LayerKind, score_keys
 
 __all__ = ["BaseLayerTester", "LayerCase", "discover_layer_classes"]
 
@@ -123,3 +123,18 @@ class BaseLayerTester:
             torch.testing.assert_close(
                 got[key], want[key], atol=atol, rtol=1e-4, msg=lambda m, k=key: f"{k}: {m}"
             )
+
+    @staticmethod
+    def assert_masks_follow_scores(
+        guard: GuardedModel, result: GuardResult, *, skip: Collection[str] = ()
+    ) -> None:
+        """Every rejecting layer's masks in ``result`` are its thresholds applied to its scores
+        (layers named in ``skip`` are left out)."""
+        for name, layer in guard.rejecting_layers.items():
+            if name in skip:
+                continue
+            keys = score_keys(name, layer)
+            scores = torch.stack([result.scores[k] for k in keys], dim=1)
+            masks = torch.stack([result.layer_rejected[k] for k in keys], dim=1)
+            want = layer.reject(scores if layer.score_names else scores[:, 0])
+            assert torch.equal(masks, want.view_as(masks)), f"{name}: masks do not follow scores"

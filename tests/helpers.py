@@ -117,3 +117,36 @@ class SecondPixelDetector(Layer):
 
     def forward(self, inputs: LayerInput) -> LayerOutput:
         return LayerOutput(scores=(inputs.images.flatten(1)[:, 1] - 0.5).abs())
+
+
+class FailingLayer(Layer):
+    """A layer (``pre`` unless told) that breaks on a batch holding an image whose first pixel
+    is above ``trigger``, else scores that pixel (high = suspicious).
+
+    ``failure`` says how it breaks: ``"raise"`` a ``RuntimeError``, return ``"nan"`` scores for
+    the triggering images, or return scores of the wrong ``"shape"``.
+    """
+
+    kind = LayerKind.PRE
+    default_name = "failing"
+
+    def __init__(
+        self, *, kind: LayerKind = LayerKind.PRE, trigger: float = 0.9, failure: str = "raise"
+    ) -> None:
+        super().__init__()
+        self.kind = kind  # type: ignore[misc]
+        self.trigger = trigger
+        self.failure = failure
+        self.batch_sizes: list[int] = []
+
+    def forward(self, inputs: LayerInput) -> LayerOutput:
+        self.batch_sizes.append(inputs.batch_size)
+        pixel = inputs.images[:, 0, 0, 0].float()
+        hit = pixel > self.trigger
+        if bool(hit.any()):
+            if self.failure == "raise":
+                raise RuntimeError(f"first pixel above {self.trigger}")
+            if self.failure == "shape":
+                return LayerOutput(scores=pixel[:, None])
+            pixel = pixel.masked_fill(hit, float("nan"))
+        return LayerOutput(scores=pixel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import (
+    FailingLayer,
     GradientNormLayer,
     LowConfidenceLayer,
     PixelScoreLayer,
@@ -20,6 +21,7 @@ from guardnet import (
     InputDTypeError,
     InputRangeError,
     InputShapeError,
+    InputValueError,
     NotCalibratedError,
     SAECLayer,
 )
@@ -231,7 +233,7 @@ class TestBadInput:
             guard(torch.rand(2, 1, 16, 16))
 
     def test_integer_dtype(self, guard: GuardedModel) -> None:
-        with pytest.raises(InputDTypeError, match=r"floating-point.*uint8.*divide by 255"):
+        with pytest.raises(InputDTypeError, match=r"point.*uint8.*images\.float\(\) / 255"):
             guard(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
 
     def test_not_a_tensor(self, guard: GuardedModel) -> None:
@@ -331,6 +333,197 @@ class TestStateAndChunks:
         result = guard(x)
         torch.testing.assert_close(result.logits, classifier(x))
         assert not bool(result.rejected.any())
+
+
+class TestDTypes:
+    def test_floating_inputs_follow_the_guards_dtype(self) -> None:
+        guard = calibrated(GuardedModel(TinyClassifier(), [SAECLayer()], num_classes=10))
+        x = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+        got, want = guard(x), guard(x.float())
+        assert got.logits.dtype == torch.float32 and torch.equal(got.logits, want.logits)
+        guard.double()
+        assert guard(x.float()).logits.dtype == torch.float64
+
+    def test_the_attack_view_converts_and_passes_gradients_back(self) -> None:
+        guard = GuardedModel(TinyClassifier(), [LowConfidenceLayer()], num_classes=10)
+        calibrated(guard)
+        x = torch.rand(2, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+        logits = guard.attack_view()(x)
+        assert logits.dtype == torch.float32 and logits.shape == (2, 11)
+        logits[:, -1].sum().backward()
+        assert x.grad is not None and x.grad.dtype == torch.float64
+        assert float(x.grad.abs().sum()) > 0
+
+    @pytest.fixture
+    def half_guard_without_kernels(self, monkeypatch: pytest.MonkeyPatch) -> GuardedModel:
+        """A float16 guard whose layer hits an operation PyTorch lacks for float16."""
+        guard = GuardedModel(TinyClassifier(), [PixelScoreLayer()], num_classes=10)
+        guard.layers["pixel"].set_threshold(0.5)
+        guard.half()
+
+        def missing_kernel(inputs: object) -> None:
+            raise RuntimeError("\"slow_conv2d_cpu\" not implemented for 'Half'")
+
+        monkeypatch.setattr(guard.layers["pixel"], "forward", missing_kernel)
+        return guard
+
+    def test_a_dtype_pytorch_cannot_run_is_refused_naming_the_fix(
+        self, half_guard_without_kernels: GuardedModel
+    ) -> None:
+        x = torch.rand(2, 3, 16, 16)
+        for call in (half_guard_without_kernels, half_guard_without_kernels.compute_scores):
+            with pytest.raises(
+                InputDTypeError, match=r"computes in float16, which PyTorch .* guard\.float\(\)"
+            ) as error:
+                call(x)
+            assert isinstance(error.value.__cause__, RuntimeError)
+        half_guard_without_kernels.fail_closed = True
+        result = half_guard_without_kernels(x)
+        assert "not implemented for 'Half'" in result.errors["pixel"]
+        assert bool(result.rejected.all())
+
+    def test_other_runtime_errors_pass_through_unchanged(self) -> None:
+        guard = GuardedModel(TinyClassifier(), [FailingLayer()], num_classes=10)
+        guard.layers["failing"].set_threshold(0.5)
+        x = torch.rand(2, 3, 16, 16)
+        x[0, 0, 0, 0] = 1.0
+        with pytest.raises(RuntimeError, match=r"first pixel above 0\.9") as error:
+            guard(x)
+        assert type(error.value) is RuntimeError
+
+
+def failing_guard(layer: FailingLayer | None = None, **kwargs) -> GuardedModel:
+    """A classifier behind a ``FailingLayer`` and a ``PixelScoreLayer`` on channel 1, both with
+    threshold 0.5, fail-closed unless told."""
+    kwargs.setdefault("fail_closed", True)
+    layers = {"failing": layer or FailingLayer(), "pixel": PixelScoreLayer(channel=1)}
+    guard = GuardedModel(TinyClassifier(), layers, num_classes=10, **kwargs)
+    for layer_ in guard.layers.values():
+        layer_.set_threshold(0.5)
+    return guard
+
+
+def triggering(batch: int, rows: list[int]) -> torch.Tensor:
+    """Images whose first pixel is 0.2, except 0.95 (a ``FailingLayer`` trigger) in ``rows``."""
+    x = torch.rand(batch, 3, 16, 16)
+    x[:, 0, 0, 0] = 0.2
+    x[rows, 0, 0, 0] = 0.95
+    return x
+
+
+class TestFailClosed:
+    def test_off_by_default_the_layers_error_propagates(self) -> None:
+        guard = failing_guard(fail_closed=False)
+        assert GuardedModel(TinyClassifier()).fail_closed is False
+        with pytest.raises(RuntimeError, match=r"first pixel above 0\.9"):
+            guard(triggering(4, [1]))
+
+    def test_a_failing_layer_rejects_its_rows_and_reports_the_error(self) -> None:
+        guard = failing_guard()
+        x = triggering(5, [3])
+        result = guard(x)
+        assert result.errors == {"failing": "RuntimeError: first pixel above 0.9"}
+        assert bool(result.rejected.all()) and bool(result.layer_rejected["failing"].all())
+        assert bool(result.scores["failing"].isnan().all())
+        assert not bool(result.computed["failing"].any())
+        # The other layer and the classifier ran as usual.
+        assert bool(result.computed["pixel"].all())
+        assert torch.equal(result.scores["pixel"], x[:, 1, 0, 0])
+        assert torch.equal(result.layer_rejected["pixel"], x[:, 1, 0, 0] > 0.5)
+        guard.eval()
+        assert torch.equal(result.labels, guard.classify(x).argmax(1))
+        assert "failing failed: RuntimeError: first pixel above 0.9" in result.summary()
+        # A batch that does not trigger it has no errors.
+        clean = guard(triggering(5, []))
+        assert clean.errors == {} and torch.equal(clean.scores["failing"], torch.full((5,), 0.2))
+
+    def test_only_the_failing_chunk_is_rejected(self) -> None:
+        guard = failing_guard(max_batch_size=2)
+        x = triggering(7, [3])
+        result = guard(x)
+        assert guard.layers["failing"].batch_sizes == [2, 2, 2, 1]
+        failed = torch.tensor([False, False, True, True, False, False, False])
+        assert torch.equal(result.layer_rejected["failing"], failed)
+        assert torch.equal(result.computed["failing"], ~failed)
+        assert torch.equal(result.scores["failing"].isnan(), failed)
+        assert torch.equal(result.rejected, failed | (x[:, 1, 0, 0] > 0.5))
+        assert list(result.errors) == ["failing"]
+        # The other rows get what a guard that never fails gives them.
+        keep = (~failed).nonzero().squeeze(1)
+        want = failing_guard(fail_closed=False)(x[keep])
+        for key in ("failing", "pixel"):
+            assert torch.equal(result.scores[key][keep], want.scores[key])
+            assert torch.equal(result.layer_rejected[key][keep], want.layer_rejected[key])
+        assert torch.equal(result.rejected[keep], want.rejected)
+
+    def test_cascade_rejects_only_the_rows_the_layer_ran_on(self) -> None:
+        layers = {"pixel": PixelScoreLayer(channel=1), "failing": FailingLayer()}
+        guard = GuardedModel(TinyClassifier(), layers, cascade=True, fail_closed=True)
+        for layer in guard.layers.values():
+            layer.set_threshold(0.5)
+        x = triggering(4, [2])
+        x[:, 1, 0, 0] = torch.tensor([0.9, 0.1, 0.1, 0.1])  # row 0 rejected first
+        result = guard(x)
+        assert guard.layers["failing"].batch_sizes == [3]
+        ran = torch.tensor([False, True, True, True])
+        assert torch.equal(result.layer_rejected["failing"], ran)
+        assert bool(result.rejected.all()) and not bool(result.computed["failing"].any())
+
+    def test_malformed_scores_count_as_a_failure(self) -> None:
+        guard = failing_guard(FailingLayer(failure="shape"))
+        result = guard(triggering(3, [0]))
+        assert "returned scores of shape (3, 1), expected (3,)" in result.errors["failing"]
+        assert bool(result.rejected.all())
+
+    def test_nan_scores_are_rejected_only_when_fail_closed(self) -> None:
+        x = triggering(4, [1])
+        result = failing_guard(FailingLayer(failure="nan"))(x)
+        assert result.errors == {}
+        assert torch.equal(result.layer_rejected["failing"], torch.tensor([0, 1, 0, 0]).bool())
+        assert bool(result.computed["failing"].all())
+        lenient = failing_guard(FailingLayer(failure="nan"), fail_closed=False)(x)
+        assert not bool(lenient.layer_rejected["failing"].any())
+
+    def test_a_failing_reform_layer_leaves_labels_to_the_classifier(self) -> None:
+        class BrokenReform(ShiftLabelsLayer):
+            def forward(self, inputs):  # type: ignore[no-untyped-def]
+                raise ValueError("cannot reform")
+
+        guard = GuardedModel(TinyClassifier(), [BrokenReform()], fail_closed=True)
+        x = torch.rand(3, 3, 16, 16)
+        result = guard(x)
+        assert result.errors == {"negate": "ValueError: cannot reform"}
+        assert bool(result.rejected.all())
+        assert torch.equal(result.labels, result.classifier_labels)
+
+    def test_input_checks_calibration_and_the_classifier_still_raise(self) -> None:
+        guard = failing_guard()
+        bad = triggering(2, [])
+        bad[0, 0, 1, 1] = float("nan")
+        with pytest.raises(InputValueError):
+            guard(bad)
+        with pytest.raises(RuntimeError, match="first pixel"):
+            guard.compute_scores(triggering(2, [0]))
+        guard.layers["pixel"].threshold.fill_(float("nan"))
+        with pytest.raises(NotCalibratedError):
+            guard(triggering(2, [0]))
+
+        class BrokenClassifier(torch.nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                raise ValueError("classifier down")
+
+        broken = GuardedModel(BrokenClassifier(), [LowConfidenceLayer()], fail_closed=True)
+        broken.layers["confidence"].set_threshold(0.5)
+        with pytest.raises(ValueError, match="classifier down"):
+            broken(torch.rand(2, 3, 16, 16))
+
+    def test_results_keep_their_errors_when_moved_and_concatenated(self) -> None:
+        guard = failing_guard()
+        first, second = guard(triggering(2, [0])), guard(triggering(2, []))
+        assert first.to("cpu").errors == first.errors
+        joined = GuardResult.cat([second, first, first])
+        assert joined.errors == first.errors and len(joined) == 6
+        assert "fail_closed=True" in repr(guard)
 
 
 class TestAttackView:

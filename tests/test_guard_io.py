@@ -182,12 +182,23 @@ def test_options_and_uncalibrated_guards_round_trip(tiny_architecture: str, tmp_
         cascade=True,
         max_batch_size=7,
         validate_inputs=False,
+        fail_closed=True,
     )
-    loaded = GuardedModel.from_pretrained(guard.save_pretrained(tmp_path / "g"))
+    folder = guard.save_pretrained(tmp_path / "g")
+    assert json.loads((folder / "config.json").read_text())["fail_closed"] is True
+    loaded = GuardedModel.from_pretrained(folder)
     assert list(loaded.layers) == ["noise"] and loaded.layers["noise"].get_config() == (
         guard.layers["noise"].get_config()
     )
     assert (loaded.cascade, loaded.max_batch_size, loaded.validate_inputs) == (True, 7, False)
+    assert loaded.fail_closed is True
+    # Off by default, also in configs written before the option existed.
+    GuardedModel(pretrained_classifier(), [SAECLayer()]).save_pretrained(tmp_path / "plain")
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert config["fail_closed"] is False
+    del config["fail_closed"]
+    (tmp_path / "plain" / "config.json").write_text(json.dumps(config))
+    assert GuardedModel.from_pretrained(tmp_path / "plain").fail_closed is False
     assert loaded.calibration_report is None
     assert "Not calibrated" in (tmp_path / "g" / "README.md").read_text()
     with pytest.raises(NotCalibratedError):

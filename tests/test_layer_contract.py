@@ -9,6 +9,7 @@ contract unnoticed.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 
@@ -58,6 +59,12 @@ CONTRACT_FACTORIES: dict[type[Layer], CaseFactory] = {
 
 LAYER_CLASSES = discover_layer_classes()
 
+#: The floating dtypes other than float32 a guard or its inputs may have.
+LOW_AND_HIGH_PRECISION = (torch.float16, torch.bfloat16, torch.float64)
+#: How far, relative to a score's magnitude, a guard converted to a dtype may score from the
+#: float32 guard on the same images (the tiny random networks compute in that dtype).
+DTYPE_TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 6e-2, torch.float64: 1e-4}
+
 pytestmark = pytest.mark.usefixtures("flush_denormals")
 
 
@@ -76,6 +83,12 @@ def make_case(request: pytest.FixtureRequest) -> CaseFactory:
 @pytest.fixture
 def case(make_case: CaseFactory) -> LayerCase:
     return make_case(0)
+
+
+@pytest.fixture(params=LOW_AND_HIGH_PRECISION, ids=str)
+def dtype(request: pytest.FixtureRequest) -> torch.dtype:
+    """A floating dtype other than float32."""
+    return request.param
 
 
 def test_discovery_finds_the_shipped_layers() -> None:
@@ -164,48 +177,106 @@ class TestLayerContract(BaseLayerTester):
         assert all(m.shape == (0,) for m in result.layer_rejected.values())
 
     # ------------------------------------------------------------------ dtype and device
-    def test_float64_images_are_scored_like_float32(self, case: LayerCase) -> None:
+    def test_images_of_every_floating_dtype_are_scored_like_float32(
+        self, case: LayerCase, dtype: torch.dtype
+    ) -> None:
         guard = case.guard()
-        x = case.images(4)
-        inputs = self.layer_input(guard, x)
+        x = case.images(4, dtype=dtype)  # the reference sees the same (rounded) values
+        inputs = self.layer_input(guard, x.float())
         with torch.no_grad():
             want = case.layer(inputs).scores
             try:
                 got = case.layer(
                     LayerInput(
-                        images=x.double(),
+                        images=x,
                         logits=inputs.logits,
                         labels=inputs.labels,
                         classifier=inputs.classifier,
                     )
                 ).scores
             except InputDTypeError as error:  # refusing is allowed, with a clear error
-                assert "float64" in str(error)
+                assert str(dtype).removeprefix("torch.") in str(error)
                 return
         assert got.shape == want.shape and got.is_floating_point()
-        torch.testing.assert_close(got.to(want.dtype), want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got.to(want.dtype), want, atol=1e-5, rtol=1e-5)
 
-    def test_a_float64_guard_takes_float64_images(self, case: LayerCase) -> None:
+    def test_a_guard_converted_to_a_dtype_takes_images_of_that_dtype(
+        self, case: LayerCase, dtype: torch.dtype
+    ) -> None:
+        reference = case.guard()
+        self.calibrate_at_median(reference, case.images(20, seed=1))
+        thresholds = case.layer.threshold.clone()
+        guard = copy.deepcopy(reference).to(dtype)
+        layer = next(iter(guard.layers.values()))
+        # Thresholds never lose precision: float16/bfloat16 guards keep them in float32.
+        assert layer.threshold.dtype == torch.promote_types(dtype, torch.float32)
+        assert torch.equal(layer.threshold.float(), thresholds)
+        x = case.images(6, dtype=dtype)
+        try:
+            got = guard(x)
+        except InputDTypeError as error:  # PyTorch lacks a kernel for it on this device
+            assert "guard.float()" in str(error)
+            return
+        want = reference(x.float())
+        assert got.logits.dtype == dtype and got.logits.shape == want.logits.shape
+        assert torch.equal(got.labels, got.logits.argmax(1))
+        assert all(s.is_floating_point() for s in got.scores.values())
+        # Layers that read the label score another image where rounding flipped a label.
+        same = got.labels == want.labels
+        assert int(same.sum()) >= 4
+        tolerance = DTYPE_TOLERANCE[dtype]  # relative to each score's magnitude
+        assert list(got.scores) == list(want.scores)
+        for key, expected in want.scores.items():
+            torch.testing.assert_close(
+                got.scores[key][same].float(),
+                expected[same],
+                rtol=tolerance,
+                atol=tolerance * float(expected.abs().max()),
+                msg=lambda m, k=key: f"{k}: {m}",
+            )
+        self.assert_masks_follow_scores(guard, got)
+        # Scores and calibration work in that dtype too.
+        scores = guard.compute_scores(x)
+        self.assert_scores_close(scores, got.scores, atol=0)
+        guard.calibrate(case.images(40, seed=2, dtype=dtype), target_fpr=0.2, progress=False)
+        assert bool(layer.threshold.isfinite().all())
+
+    def test_a_float32_guard_converts_floating_images_exactly(
+        self, case: LayerCase, dtype: torch.dtype
+    ) -> None:
         guard = case.guard()
         self.calibrate_at_median(guard, case.images(20, seed=1))
-        x = case.images(4)
-        want = guard(x)
-        guard.to(torch.float64)
-        assert case.layer.threshold.dtype == torch.float64
-        got = guard(x.double())
-        assert got.logits.dtype == torch.float64
-        assert torch.equal(got.labels, want.labels)
-        self.assert_scores_close(
-            {k: v.float() for k, v in got.scores.items()}, want.scores, atol=1e-4
-        )
+        x = case.images(4, dtype=dtype)
+        got, want = guard(x), guard(x.float())
+        assert got.logits.dtype == torch.float32
+        assert torch.equal(got.logits, want.logits) and torch.equal(got.labels, want.labels)
+        assert torch.equal(got.rejected, want.rejected)
+        self.assert_scores_close(got.scores, want.scores, atol=0)
 
-    def test_a_float32_guard_refuses_float64_images_clearly(self, case: LayerCase) -> None:
+    @pytest.mark.parametrize(
+        ("refused", "fix"),
+        [
+            pytest.param(torch.uint8, r"images\.float\(\) / 255", id="uint8"),
+            pytest.param(torch.int64, r"images\.float\(\) / 255", id="int64"),
+            pytest.param(torch.bool, r"images\.float\(\)$", id="bool"),
+            pytest.param(
+                torch.float8_e4m3fn,
+                r"images\.float\(\) \(accepted dtypes: float16, bfloat16",
+                id="float8",
+            ),
+        ],
+    )
+    def test_a_guard_refuses_other_dtypes_naming_the_fix(
+        self, case: LayerCase, refused: torch.dtype, fix: str
+    ) -> None:
         guard = case.guard()
         self.calibrate_at_median(guard, case.images(20, seed=1))
-        with pytest.raises(InputDTypeError, match=r"float64.*float32"):
-            guard(case.images(2, dtype=torch.float64))
-        with pytest.raises(InputDTypeError, match="floating-point"):
-            guard((case.images(2) * 255).to(torch.uint8))
+        x = case.images(2)
+        bad = x.to(refused) if refused.is_floating_point else (x * 255).to(refused)
+        with pytest.raises(InputDTypeError, match=fix):
+            guard(bad)
+        with pytest.raises(InputDTypeError, match=fix):
+            guard.compute_scores(bad)
 
     def test_to_moves_every_tensor_and_inputs_must_follow(self, case: LayerCase) -> None:
         guard = case.guard()

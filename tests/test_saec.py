@@ -94,6 +94,19 @@ def test_layer_protocol_and_batch_invariance() -> None:
     torch.testing.assert_close(layer.score_images(images[3:4]), out.scores[3:4])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_a_low_precision_layer_scores_exactly_like_float32(dtype: torch.dtype) -> None:
+    images = smooth_images(6).to(dtype)
+    want = SAECLayer().score_images(images.float())
+    layer = SAECLayer().to(dtype)
+    # Its kernels keep float32: rounded to float16, the KV kernel would no longer sum to 0.
+    assert layer.highpass.weight.dtype == torch.float32
+    assert float(layer.highpass.weight.to(dtype).double().sum(dim=(1, 2, 3)).abs().max()) > 0
+    got = layer(LayerInput(images=images)).scores
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

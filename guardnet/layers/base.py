@@ -33,7 +33,9 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from guardnet._utils import Float32Buffers
 
 __all__ = ["Layer", "LayerInput", "LayerKind", "LayerOutput", "score_keys"]
 
@@ -97,7 +99,7 @@ class LayerOutput:
     labels: Tensor | None = None
 
 
-class Layer(nn.Module):
+class Layer(Float32Buffers):
     """Base class of guardnet's defense layers.
 
     Subclasses set the class attributes and implement :meth:`forward`. They never need to deal
@@ -112,7 +114,13 @@ class Layer(nn.Module):
         default_name: the name a guard gives the layer unless told otherwise.
         score_names: empty for a layer with one score; otherwise the names of the S columns of
             its (B, S) scores, each with its own threshold (same suspicious side for all).
+
+    The ``threshold`` and ``score_scale`` buffers stay float32 when the layer is converted with
+    ``.half()`` or ``.bfloat16()`` (see :class:`guardnet._utils.Float32Buffers`), so a
+    low-precision guard compares its scores with the calibrated thresholds, not rounded ones.
     """
+
+    float32_buffers: ClassVar[tuple[str, ...]] = ("threshold", "score_scale")
 
     kind: ClassVar[LayerKind]
     higher_is_suspicious: ClassVar[bool] = True

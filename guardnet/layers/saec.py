@@ -182,10 +182,12 @@ class SAECLayer(Layer):
         """
         saturation = pseudo_saturation_map(images, p=self.p)
         residual = self.highpass(saturation)  # (B, K, H', W')
-        batch, n_kernels = residual.shape[:2]
+        batch, n_kernels, height, width = residual.shape
         histogram = straight_through_histogram if straight_through else batched_histogram
         hist = histogram(
-            residual.reshape(batch * n_kernels, -1), bins=self.bins, value_range=self.value_range
+            residual.reshape(batch * n_kernels, height * width),  # (no -1: batch may be 0)
+            bins=self.bins,
+            value_range=self.value_range,
         )
         variances = histogram_variance(hist).view(batch, n_kernels)
         return variances.amin(dim=1) if self.reduction == "min" else variances.mean(dim=1)

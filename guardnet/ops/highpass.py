@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from guardnet._utils import Float32Buffers
 from guardnet.errors import InputDTypeError, InputShapeError
 
 __all__ = ["SRM_KERNELS", "HighPassFilter", "highpass_filter", "srm_kernel"]
@@ -225,13 +227,14 @@ def highpass_filter(x: Tensor, kernels: KernelSpec = "kv", *, padding: str = "va
     return _apply_weight(x, _weight_for(kernels), padding)
 
 
-class HighPassFilter(nn.Module):
+class HighPassFilter(Float32Buffers):
     """Module form of :func:`highpass_filter`.
 
     The stacked kernels live in a float32, non-persistent buffer: ``.to(device)`` moves them,
     and they do not appear in ``state_dict`` (they are constants, not learned weights). They are
     cast to the input's dtype at every call; for float64 inputs the functional form, which builds
-    the kernels in float64, is the more exact one.
+    the kernels in float64, is the more exact one. ``.half()`` and ``.bfloat16()`` leave them in
+    float32, since rounded entries would no longer sum to 0.
 
     Args:
         kernels: a kernel name from :data:`SRM_KERNELS`, a 2-D tensor, or a sequence of them.
@@ -248,6 +251,7 @@ class HighPassFilter(nn.Module):
     """
 
     weight: Tensor
+    float32_buffers: ClassVar[tuple[str, ...]] = ("weight",)
 
     def __init__(self, kernels: KernelSpec = "kv", *, padding: str = "valid") -> None:
         super().__init__()

@@ -68,11 +68,13 @@ def ssim_scores(x: Tensor, x_rebuilt: Tensor, *, window_size: int = 11) -> Tenso
         window_size: Gaussian window side.
 
     Returns:
-        (B,) SSIM in [-1, 1]; 1 means identical.
+        (B,) SSIM in [-1, 1]; 1 means identical. Computed in float32 for float16 and bfloat16
+        inputs (its variances cancel badly in 8 or 11 bits of mantissa), else in their dtype.
     """
     from kornia.metrics import ssim
 
-    return ssim(x, x_rebuilt, window_size, max_val=1.0).mean(dim=(1, 2, 3))
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return ssim(x.to(dtype), x_rebuilt.to(dtype), window_size, max_val=1.0).mean(dim=(1, 2, 3))
 
 
 @register_architecture("ContraNet")
