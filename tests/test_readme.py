@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
 
 from guardnet.recipes import list_guards
-from guardnet.weights import list_pretrained
+from guardnet.weights import list_pretrained, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -58,3 +59,13 @@ def test_every_guard_recipe_is_mentioned() -> None:
 )
 def test_user_facing_sections_present(section: str) -> None:
     assert f"\n{section}" in README
+
+
+@pytest.mark.parametrize("entry", list_pretrained(), ids=lambda e: e.name)
+def test_the_table_states_each_models_headline_metric(entry) -> None:
+    """One source for every figure: the README's row shows the config's headline metric."""
+    config = load_config(entry.name)
+    value = Decimal(str(config["metrics"][config["headline_metric"]])) * 100
+    row = next(line for line in README.splitlines() if line.startswith(f"| `{entry.name}` |"))
+    shown = {f"{value.quantize(Decimal(q), ROUND_HALF_UP)}%" for q in ("1", "0.1", "0.01")}
+    assert any(text in row for text in shown), f"{entry.name}: none of {shown} in {row!r}"

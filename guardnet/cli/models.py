@@ -11,7 +11,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``models`` to the CLI's subcommands."""
     models = sub.add_parser(
         "models",
-        help="list the registered pretrained classifiers",
+        help="list the registered pretrained models",
         description="List guardnet's pretrained models: name, dataset, architecture, headline "
         "metric (from the model's config.json in the hub/ mirror or the Hugging Face cache) and "
         "Hub repo.",
@@ -19,11 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     models.set_defaults(run=_run)
 
 
-def _key_metric(metrics: dict[str, float]) -> str:
-    """The headline metric: the first measured (not author-stated) test metric, else the first."""
+def _key_metric(metrics: dict[str, float], headline: str | None = None) -> str:
+    """The config's ``headline_metric``, else the first measured (not author-stated) test
+    metric, else the first."""
     measured = [key for key in metrics if not key.startswith("stated_")]
     tests = [key for key in measured if "test" in key]
-    key = (tests or measured or list(metrics) or [None])[0]
+    named = [headline] if headline in metrics else []
+    key = (named or tests or measured or list(metrics) or [None])[0]
     if key is None:
         return "-"
     value = metrics[key]
@@ -45,11 +47,18 @@ def _run(args: argparse.Namespace, command: str) -> int:
     rows = []
     for entry in list_pretrained():
         try:
-            metrics = load_config(entry.name, local_files_only=True).get("metrics") or {}
+            config = load_config(entry.name, local_files_only=True)
         except WeightsError:
-            metrics = {}
+            config = {}
+        metrics = config.get("metrics") or {}
         rows.append(
-            (entry.name, entry.dataset, entry.architecture, _key_metric(metrics), entry.hub_id)
+            (
+                entry.name,
+                entry.dataset,
+                entry.architecture,
+                _key_metric(metrics, config.get("headline_metric")),
+                entry.hub_id,
+            )
         )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
