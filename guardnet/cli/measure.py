@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 from pathlib import Path
 
 from guardnet.cli._args import guarded
+from guardnet.cli.eval import parse_eps
 
 __all__ = ["add_parser"]
 
@@ -51,7 +51,9 @@ def _add_measure_contranet(measure_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--contranet", required=True, help="pretrained name or Hub folder")
     p.add_argument("--classifier", required=True, help="pretrained classifier name")
-    p.add_argument("--eps", type=float, nargs="+", required=True, help="PGD budgets, 0-1")
+    p.add_argument(
+        "--eps", type=parse_eps, nargs="+", required=True, help="PGD budgets, 0-1 or k/255"
+    )
     p.add_argument("--steps", type=int, default=50, help="PGD steps")
     p.add_argument("--cw-steps", type=int, default=100, help="C&W-L2 steps; 0 skips C&W")
     p.add_argument("--fpr", type=float, nargs="+", default=[0.05], help="validation budgets")
@@ -152,8 +154,8 @@ def _measure_classifier(args: argparse.Namespace, command: str) -> None:
         f"{args.device}"
     )
     if args.json is not None:
-        data = os.environ.get("GUARDNET_DATA")
-        result["command"] = (f"GUARDNET_DATA={data} " if data else "") + command
+        # The command as typed; the data root is the reader's own ($GUARDNET_DATA or --root).
+        result["command"] = command
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -28,7 +28,7 @@ used): a bank of KV plus the horizontal and vertical 2nd-order residuals, averag
 over the narrow range [-0.01, 0.01]. A narrow, finely binned range measures how many residuals are
 (nearly) zero, which small noise destroys; the paper-like single KV kernel with 64 bins over
 [-0.25, 0.25] caught 12% of GTSRB validation images with 8/255 uniform noise at 5% FPR, this bank
-97-100% (with and without rounding the noisy images to 8 bits). See the README for test figures.
+97-100% (with and without rounding the noisy images to 8 bits). Test figures: docs/results.md.
 """
 
 from __future__ import annotations

@@ -176,8 +176,8 @@ def contranet_card(
         "## Sanity metrics on the validation split",
         "",
         "`*_pair`: share of images whose true-label rebuild scores as more consistent than a "
-        "wrong-label rebuild (1.0 perfect, 0.5 chance). Detection rates are in the guardnet "
-        "README, each with its command.",
+        "wrong-label rebuild (1.0 perfect, 0.5 chance). Measure detection rates with "
+        "`guardnet measure contranet` or `guardnet eval`.",
         "",
     ]
     lines += [f"- `{k}`: {v}" for k, v in config["metrics"].items()]
