@@ -4,8 +4,10 @@
   caller sends.
 * The guard lives on one device; inputs must be moved there (the guard never copies them behind
   your back and raises ``DeviceMismatchError`` instead).
-* Fail closed: bad input (wrong shape or dtype, NaN, values outside [0, 1]) raises a
-  ``guardnet.GuardnetError`` naming the problem; a service treats such a request as rejected.
+* Fail closed, twice: bad input (wrong shape or dtype, NaN, values outside [0, 1]) raises a
+  ``guardnet.GuardnetError`` naming the problem, which the service answers as rejected; and with
+  ``fail_closed=True`` an exception inside a layer rejects the affected inputs (the message in
+  ``result.errors``) instead of crashing the serving loop.
 * ``torch.inference_mode()`` around the call; the guard keeps its own eval mode either way.
 * Every result carries each layer's scores and reject masks, to log why an input was rejected.
 
@@ -43,8 +45,14 @@ def serve(guard: guardnet.GuardedModel, images: Tensor) -> list[Answer]:
     names = result.layer_names
     first = result.rejected_by().tolist()  # index into names of the first rejecting score
     labels = result.labels.tolist()
+
+    def refusal(by: int) -> str:
+        layer = names[by].split(".")[0]  # score keys are "layer" or "layer.score"
+        error = result.errors.get(layer)  # set only when that layer raised (fail_closed)
+        return f"rejected by {names[by]}" + (f" (layer error: {error})" if error else "")
+
     return [
-        Answer(None, f"rejected by {names[by]}") if by >= 0 else Answer(label, "accepted")
+        Answer(None, refusal(by)) if by >= 0 else Answer(label, "accepted")
         for label, by in zip(labels, first, strict=True)
     ]
 
@@ -57,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     guard = guardnet.GuardedModel.from_pretrained("mnist-mixdefense").to(device)
     guard.max_batch_size = 64 if args.smoke else 256  # chunks bound the memory of big requests
+    guard.fail_closed = True  # a layer that raises rejects its chunk instead of the whole call
     val_images, _ = load_fixture("mnist-val")
     guard.calibrate(val_images[: 200 if args.smoke else None], target_fpr=0.05, progress=False)
 

@@ -12,7 +12,6 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import mobilenet_v2
 
 from guardnet.nets.contranet.config import ContraNetConfig
 from guardnet.nets.resnet_cifar import CifarResNet
@@ -24,6 +23,10 @@ def _mobilenet_features(
     in_channels: int, width_mult: float, *, last_conv: bool
 ) -> tuple[nn.Module, int]:
     """MobileNetV2 features for 32x32 inputs: first conv with stride 1 (final map 2x2)."""
+    # torchvision.models is imported here, not at module level: it costs seconds at import time
+    # and only this backbone needs it.
+    from torchvision.models import mobilenet_v2
+
     features = mobilenet_v2(weights=None, width_mult=width_mult).features
     if not last_conv:
         features = features[:-1]
