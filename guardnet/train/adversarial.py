@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["pgd_linf", "wrong_labels"]
@@ -39,7 +38,7 @@ def pgd_linf(
 ) -> Tensor:
     """Untargeted PGD-L-inf with a per-image budget, used to make training examples.
 
-    (Evaluation uses an independent attack library; this one only feeds training.)
+    guardnet's PGD (:func:`guardnet.eval.attacks.pgd.pgd`) with the step rule of training.
 
     Args:
         classify: [0, 1] images -> logits.
@@ -52,15 +51,10 @@ def pgd_linf(
     Returns:
         (B, C, H, W) adversarial images in [0, 1], detached.
     """
-    eps = eps.view(-1, 1, 1, 1).to(images)
-    alpha = 2.5 * eps / steps
-    noise = torch.rand(images.shape, generator=generator, device=images.device)
-    x = (images + (2 * noise - 1) * eps).clamp(0, 1)
+    from guardnet.eval.attacks.pgd import pgd
+
     with torch.enable_grad():
-        for _ in range(steps):
-            x.requires_grad_(True)
-            loss = F.cross_entropy(classify(x), labels, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x)
-            x = x.detach() + alpha * grad.sign()
-            x = torch.minimum(torch.maximum(x, images - eps), images + eps).clamp(0, 1)
-    return x.detach()
+        return pgd(
+            classify, images, labels, eps=eps, alpha=2.5 * eps / steps, steps=steps,
+            generator=generator,
+        )  # fmt: skip
