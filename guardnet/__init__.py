@@ -56,9 +56,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "SAECLayer",
         "saec_score",
     ),
+    "guardnet.pretrained": ("from_pretrained",),
     "guardnet.thresholds": ("threshold_at_fpr",),
     "guardnet.weights": (
-        "from_pretrained",
         "list_pretrained",
         "register_architecture",
         "save_pretrained",
@@ -93,9 +93,9 @@ if TYPE_CHECKING:
         SAECLayer,
         saec_score,
     )
+    from guardnet.pretrained import from_pretrained
     from guardnet.thresholds import threshold_at_fpr
     from guardnet.weights import (
-        from_pretrained,
         list_pretrained,
         register_architecture,
         save_pretrained,

@@ -13,6 +13,7 @@ from helpers import PixelScoreLayer, TinyClassifier
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+import guardnet
 import guardnet.weights.resolve
 from guardnet import (
     ContraNetLayer,
@@ -480,3 +481,17 @@ def test_build_layer_errors() -> None:
         build_layer({"type": "saec", "bins": 1})
     with pytest.raises(ConfigError, match="needs 'net'"):
         build_layer({"type": "contranet"})
+
+
+def test_the_package_loader_reads_models_recipes_and_saved_guards(
+    saved: Path, calibrated: GuardedModel
+) -> None:
+    model = guardnet.from_pretrained("mnist-cnn")
+    assert not isinstance(model, GuardedModel) and model.pretrained_config["dataset"] == "mnist"
+    recipe_guard = guardnet.from_pretrained("mnist-saec")
+    assert isinstance(recipe_guard, GuardedModel) and recipe_guard.recipe.name == "mnist-saec"
+    with pytest.raises(NotCalibratedError):
+        recipe_guard(images(1, seed=0))
+    loaded = guardnet.from_pretrained(saved)
+    assert isinstance(loaded, GuardedModel)
+    assert_same_results(loaded, calibrated, images(8, seed=5))
