@@ -84,12 +84,23 @@ class ContraNetLayer(Layer):
         self.seed = seed
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> ContraNetLayer:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool | None = None,
+        device: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> ContraNetLayer:
         """Load trained ContraNet networks: a registered name, a Hub folder or a repo id.
 
         Args:
             name_or_path: e.g. ``"contranet-mnist"`` (see ``guardnet models``), a folder
                 written by ``guardnet train contranet`` (``RUN_DIR/model``) or a Hub repo id.
+            revision, cache_dir, local_files_only, device: as for
+                :func:`guardnet.from_pretrained`.
             **kwargs: passed to :class:`ContraNetLayer`.
 
         Raises:
@@ -98,7 +109,13 @@ class ContraNetLayer(Layer):
         from guardnet.weights import from_pretrained
 
         name = os.fspath(name_or_path)
-        model = from_pretrained(name)
+        model = from_pretrained(
+            name,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            device=device,
+        )
         if not isinstance(model, ContraNet):
             architecture = model.pretrained_config.get("architecture")
             raise WeightsError(f"{name!r} holds a {architecture!r}, not a ContraNet")
