@@ -335,8 +335,12 @@ def train_classifier(
             raise CheckpointError(f"cannot restore {checkpoint}: {exc}") from exc
         _restore_rng(state["rng"], shuffle)
         history, start = list(state["history"]), state["epoch"]
-        # Checkpoints written by guardnet 0.1.0 keep the same list under its earlier key.
-        invocations = list(state.get("invocations", state.get("sessions", [])))
+        if "invocations" not in state:
+            raise CheckpointError(
+                f"{checkpoint} was written by an older guardnet (no 'invocations' record): "
+                "resume it with that version, or start the run again in a new --out folder"
+            )
+        invocations = list(state["invocations"])
         log(f"resuming {run_path} after epoch {start}/{settings.epochs}")
     elif resume:
         log(f"no checkpoint in {run_path}: starting at epoch 1")
