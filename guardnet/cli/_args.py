@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["guarded", "json_object_arg"]
+__all__ = ["guarded", "json_object_arg", "print_help"]
 
 
 def json_object_arg(text: str) -> dict[str, Any]:
@@ -58,3 +58,10 @@ def guarded(
         return 0
 
     return run
+
+
+def print_help(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> int:
+    """Handler of a command group called without its subcommand: its help, exit code 1 (bind
+    ``parser`` with ``functools.partial``)."""
+    parser.print_help()
+    return 1

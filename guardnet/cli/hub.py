@@ -6,13 +6,15 @@ import argparse
 import functools
 import sys
 
+from guardnet.cli._args import print_help
+
 __all__ = ["add_parser"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``hub`` and its ``push`` subcommand to the CLI's subcommands."""
     hub = sub.add_parser("hub", help="publish pretrained weights to the Hugging Face Hub")
-    hub.set_defaults(run=functools.partial(_print_help, hub))
+    hub.set_defaults(run=functools.partial(print_help, hub))
     push = hub.add_subparsers(dest="hub_command", metavar="WHAT").add_parser(
         "push",
         help="upload hub/<name> folders to their Hub repos",
@@ -25,12 +27,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     push.add_argument("--manifest", default=None, help="write the upload set as JSON here")
     push.add_argument("--mirror", default=None, help="folder holding <name>/ (default: hub/)")
     push.set_defaults(run=_push)
-
-
-def _print_help(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> int:
-    """``guardnet hub`` without WHAT: print its help, exit code 1."""
-    parser.print_help()
-    return 1
 
 
 def _push(args: argparse.Namespace, command: str) -> int:

@@ -13,7 +13,7 @@ import functools
 import json
 from pathlib import Path
 
-from guardnet.cli._args import guarded
+from guardnet.cli._args import guarded, print_help
 from guardnet.cli.eval import parse_eps
 
 __all__ = ["add_parser"]
@@ -26,15 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="measure a trained ContraNet or a classifier on real data",
         description="Measure trained models on the real splits (--root / $GUARDNET_DATA).",
     )
-    group.set_defaults(run=functools.partial(_print_help, group))
+    group.set_defaults(run=functools.partial(print_help, group))
     measure_sub = group.add_subparsers(dest="measure_command", metavar="WHAT")
     _add_measure_contranet(measure_sub)
     _add_measure_classifier(measure_sub)
-
-
-def _print_help(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> int:
-    parser.print_help()
-    return 1
 
 
 def _add_measure_contranet(measure_sub: argparse._SubParsersAction) -> None:
@@ -103,13 +98,11 @@ def _add_measure_classifier(measure_sub: argparse._SubParsersAction) -> None:
 
 
 def _measure_contranet(args: argparse.Namespace, command: str) -> None:
-    import logging
 
     import torch
 
     from guardnet.eval.measure import measure_contranet, summary_lines
 
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

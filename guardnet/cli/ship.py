@@ -13,7 +13,7 @@ import functools
 import json
 from pathlib import Path
 
-from guardnet.cli._args import guarded
+from guardnet.cli._args import guarded, print_help
 
 __all__ = ["add_parser"]
 
@@ -25,16 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="write the folders guardnet ships (weights with cards, fixtures)",
         description="Write Hub folders and data fixtures as guardnet ships them.",
     )
-    group.set_defaults(run=functools.partial(_print_help, group))
+    group.set_defaults(run=functools.partial(print_help, group))
     ship_sub = group.add_subparsers(dest="ship_command", metavar="WHAT")
     _add_ship_contranet(ship_sub)
     _add_ship_akamaster(ship_sub)
     _add_ship_fixtures(ship_sub)
-
-
-def _print_help(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> int:
-    parser.print_help()
-    return 1
 
 
 def _add_ship_contranet(ship_sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from guardnet.cli._args import guarded, json_object_arg
+from guardnet.cli._args import guarded, json_object_arg, print_help
 
 __all__ = ["add_parser"]
 
@@ -22,17 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train models",
         description="Train guardnet models.",
     )
-    train.set_defaults(run=functools.partial(_print_help, train))
+    train.set_defaults(run=functools.partial(print_help, train))
     train_sub = train.add_subparsers(dest="train_command", metavar="WHAT")
     _add_train_classifier(train_sub)
     _add_train_contranet(train_sub)
     _add_train_branch(train_sub)
-
-
-def _print_help(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> int:
-    """``guardnet train`` without WHAT: print its help, exit code 1."""
-    parser.print_help()
-    return 1
 
 
 _DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}

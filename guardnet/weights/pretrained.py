@@ -22,7 +22,7 @@ __all__ = [
     "register_pretrained",
 ]
 
-_COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
+COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # "org/name": letters, digits, "-", "_", "." (not leading), as on the Hugging Face Hub.
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -62,7 +62,7 @@ class PretrainedEntry:
     def __post_init__(self) -> None:
         if not REPO_ID.match(self.hub_id):
             raise ValueError(f"{self.name}: hub_id {self.hub_id!r} is not 'org/name'")
-        if self.revision is not None and not _COMMIT_HASH.match(self.revision):
+        if self.revision is not None and not COMMIT_HASH.match(self.revision):
             raise ValueError(
                 f"{self.name}: revision must be a 40-hex commit hash (pinned) or None, got "
                 f"{self.revision!r}"

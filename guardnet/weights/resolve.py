@@ -19,7 +19,6 @@ the registry records for the name; the clone's own ``hub/`` is where those sha25
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from guardnet._utils import sha256_file
 from guardnet.errors import WeightsError
 from guardnet.weights.io import CONFIG_NAME, WEIGHTS_NAME, folder_files, load_files, read_config
 from guardnet.weights.pretrained import (
+    COMMIT_HASH,
     PRETRAINED,
     REPO_ID,
     PretrainedEntry,
@@ -50,7 +50,6 @@ __all__ = [
 MIRROR_ENV = "GUARDNET_HUB_MIRROR"
 # hub/ at the root of a clone: guardnet/weights/resolve.py -> parents[2].
 _CLONE_MIRROR = Path(__file__).resolve().parents[2] / "hub"
-_COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ def _hub_files(
         paths.append(path)
         # Cached files live in snapshots/<commit>/: pin the next files to the first one's commit,
         # so a push between two downloads cannot pair a config with other weights.
-        if _COMMIT_HASH.match(path.parent.name):
+        if COMMIT_HASH.match(path.parent.name):
             at = path.parent.name
     return paths, f"Hub repo {repo_id!r} at {at or revision or 'main'}"
 
