@@ -48,7 +48,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "build_guard",
     ),
     "guardnet.layers": (
+        "A2DLayer",
         "ContraNetLayer",
+        "DeTReformer",
         "Layer",
         "LayerInput",
         "LayerKind",
@@ -85,7 +87,9 @@ if TYPE_CHECKING:
     )
     from guardnet.guard import GuardAttackView, GuardedModel, GuardResult, Normalize, build_guard
     from guardnet.layers import (
+        A2DLayer,
         ContraNetLayer,
+        DeTReformer,
         Layer,
         LayerInput,
         LayerKind,
@@ -102,6 +106,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "A2DLayer",
     "CalibrationError",
     "CalibrationReport",
     "CalibrationWarning",
@@ -109,6 +114,7 @@ __all__ = [
     "ConfigError",
     "ContraNetLayer",
     "DataNotFoundError",
+    "DeTReformer",
     "DeviceMismatchError",
     "GuardAttackView",
     "GuardResult",

@@ -16,7 +16,14 @@ from torch import Tensor, nn
 from guardnet._utils import eval_mode, module_device, module_dtype
 from guardnet.calibration import CalibrationReport, calibrate_guard
 from guardnet.errors import GuardnetError, InputDTypeError, NotCalibratedError
-from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput, score_keys
+from guardnet.layers.base import (
+    Layer,
+    LayerInput,
+    LayerKind,
+    LayerOutput,
+    exact_scores,
+    score_keys,
+)
 from guardnet.nets.normalize import Normalize
 from guardnet.validation import check_images, check_logits, check_same_device, to_model_dtype
 
@@ -580,7 +587,9 @@ class GuardedModel(nn.Module):
     def compute_scores(self, images: Tensor, *, labels: str = "predicted") -> dict[str, Tensor]:
         """Every layer's scores for every input (no thresholds, no cascade).
 
-        Works before calibration; :meth:`calibrate` is built on it.
+        Works before calibration; :meth:`calibrate` is built on it. Scores are exact (see
+        :func:`guardnet.layers.base.exact_scores`): a layer that stops early in :meth:`forward`
+        once a decision is settled computes them in full here.
 
         Args:
             images: (B, C, H, W) float images in [0, 1].
@@ -595,7 +604,7 @@ class GuardedModel(nn.Module):
         images = self._check_input(images, check_values=self.validate_inputs)
         if images.shape[0] == 0:
             return {n: images.new_zeros(0) for n in self.score_keys}
-        with eval_mode(self), torch.no_grad(), self._dtype_support(images):
+        with eval_mode(self), torch.no_grad(), self._dtype_support(images), exact_scores():
             results = [
                 self._pipeline(
                     chunk, cascade=False, grad=False, apply_thresholds=False, runner_up=runner_up

@@ -124,6 +124,39 @@ class BaseLayerTester:
                 got[key], want[key], atol=atol, rtol=1e-4, msg=lambda m, k=key: f"{k}: {m}"
             )
 
+    @classmethod
+    def assert_forward_matches_exact(
+        cls, guard: GuardedModel, result: GuardResult, exact: dict[str, Tensor]
+    ) -> None:
+        """``result`` (from ``guard(x)``) has the scores of ``exact`` (``compute_scores(x)``);
+        for a layer whose forward may stop at its threshold (``exact_forward_scores`` false),
+        the same decisions and the exact score wherever it rejects."""
+        exact_layers = {
+            k for k, (layer, _) in guard.rejectors.items() if layer.exact_forward_scores
+        }
+        cls.assert_scores_close(
+            {
+                k: v
+                for k, v in result.scores.items()
+                if k in exact_layers or k not in guard.rejectors
+            },
+            {k: v for k, v in exact.items() if k in exact_layers or k not in guard.rejectors},
+            atol=0,
+        )
+        for key, (layer, score_name) in guard.rejectors.items():
+            if key in exact_layers:
+                continue
+            if score_name is None:
+                rejected = layer.reject(exact[key])
+            else:
+                column = torch.zeros(
+                    len(exact[key]), len(layer.score_names), dtype=exact[key].dtype
+                )
+                column[:, layer.score_names.index(score_name)] = exact[key]
+                rejected = layer.reject(column)[:, layer.score_names.index(score_name)]
+            assert torch.equal(result.layer_rejected[key], rejected), key
+            assert torch.equal(result.scores[key][rejected], exact[key][rejected]), key
+
     @staticmethod
     def assert_masks_follow_scores(
         guard: GuardedModel, result: GuardResult, *, skip: Collection[str] = ()

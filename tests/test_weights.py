@@ -64,6 +64,12 @@ ROUND_TRIP_CASES: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
         {"num_classes": 4, "in_channels": 1, "g_ch": 2, "d_ch": 2, "dmm_backbone": "cnn"},
         (2, 1, 32, 32),
     ),
+    "Reformer": ({"in_channels": 1, "channels": 3, "depth": 2, "pool": True}, (2, 1, 8, 8)),
+    "ReformerSet": (
+        {"reformers": [{"in_channels": 3, "kernel_size": 5}, {"in_channels": 3, "depth": 2}]},
+        (2, 3, 8, 8),
+    ),
+    "A2D": ({"attacks": ["bim", "dba"], "detector": "vote"}, (1, 1, 8, 8)),
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from guardnet.layers.a2d import A2DLayer
 from guardnet.nets.contranet import ContraNet
 from guardnet.weights import build_model, save_pretrained
 
@@ -60,6 +61,8 @@ def outputs(model: nn.Module, shape: tuple[int, ...] = (2, 3, 16, 16)) -> Tensor
     with torch.no_grad():
         if isinstance(model, ContraNet):  # rebuild and score under labels 0, 1, ...
             return model(x.tanh(), torch.arange(shape[0]) % model.num_classes)[1]
+        if isinstance(model, A2DLayer):  # fitted statistics and thresholds, no network
+            return torch.cat([b.flatten() for b in model.buffers()]).nan_to_num(nan=-1.0)
         return model(x)
 
 

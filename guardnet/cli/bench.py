@@ -11,6 +11,10 @@ from typing import Any
 __all__ = ["add_parser"]
 
 _BENCH_MODELS = ("mnist-cnn", "resnet20-cifar10jpeg-ft", "resnet20-gtsrb")
+# Guards with a probe layer (A2D attacks every input): validation images they are calibrated
+# on, and real test images they are timed on.
+PROBE_CALIBRATION_IMAGES = 200
+PROBE_TIMING_IMAGES = 256
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,13 +92,14 @@ def _run(args: argparse.Namespace, command: str) -> int:
         torch.set_num_threads(args.threads)
     results = []
     try:
-        for name, guard, shape in _recipe_guards(args):
+        for name, guard, shape, images in _recipe_guards(args):
             result = bench_guard(
                 guard,
                 input_shape=shape,
                 batch_sizes=args.batch_sizes,
                 min_run_time=args.min_run_time,
                 device=args.device,
+                images=images,
             )
             results.append({"model": name, "command": command, **result})
         for name in args.model or ([] if args.guard else _BENCH_MODELS):
@@ -136,11 +141,13 @@ def _run(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def _recipe_guards(args: argparse.Namespace) -> list[tuple[str, Any, tuple[int, ...]]]:
+def _recipe_guards(
+    args: argparse.Namespace,
+) -> list[tuple[str, Any, tuple[int, ...], Any]]:
     """``--guard`` recipes as calibrated guards (plus the authors' ContraNet variants)."""
     from guardnet.data import load_fixture
     from guardnet.guard import build_guard
-    from guardnet.layers import ContraNetLayer
+    from guardnet.layers import ContraNetLayer, LayerKind
     from guardnet.nets.contranet import ContraNet, ContraNetConfig
 
     out = []
@@ -149,9 +156,14 @@ def _recipe_guards(args: argparse.Namespace) -> list[tuple[str, Any, tuple[int, 
         recipe = guard.recipe
         fixture = "cifar10" if recipe.dataset.startswith("cifar10") else recipe.dataset
         val_images, _ = load_fixture(f"{fixture}-val")
+        real = None
+        if any(layer.kind is LayerKind.PROBE for layer in guard.layers.values()):
+            # A probe attacks every input: calibrate on fewer images, time on real test ones.
+            val_images = val_images[:PROBE_CALIBRATION_IMAGES]
+            real = load_fixture(fixture)[0][:PROBE_TIMING_IMAGES]
         guard.calibrate(val_images.to(args.device), target_fpr=0.05, progress=False)
         shape = tuple(val_images.shape[1:])
-        out.append((recipe.name, guard, shape))
+        out.append((recipe.name, guard, shape, real))
         if args.compare_authors and "contranet" in guard.layers:
             ours = guard.layers["contranet"].net.config
             authors = ContraNet.from_config(
@@ -165,5 +177,5 @@ def _recipe_guards(args: argparse.Namespace) -> list[tuple[str, Any, tuple[int, 
             layer.threshold.copy_(guard.layers["contranet"].threshold)
             layer.score_scale.copy_(guard.layers["contranet"].score_scale)
             variant.layers["contranet"] = layer
-            out.append((f"{recipe.name} (authors' ContraNet architecture)", variant, shape))
+            out.append((f"{recipe.name} (authors' ContraNet architecture)", variant, shape, real))
     return out

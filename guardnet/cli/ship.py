@@ -4,6 +4,7 @@ Subcommands:
     ship contranet          a trained ContraNet's Hub folder with its measured figures.
     ship akamaster          Yerlan Idelbayev's CIFAR-10 ResNets as Hub folders.
     ship fixtures           the small dataset samples in ``guardnet/assets/fixtures/``.
+    ship a2d                an A2D layer fitted and calibrated on validation data.
 """
 
 from __future__ import annotations
@@ -30,6 +31,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_ship_contranet(ship_sub)
     _add_ship_akamaster(ship_sub)
     _add_ship_fixtures(ship_sub)
+    _add_ship_a2d(ship_sub)
+
+
+def _add_ship_a2d(ship_sub: argparse._SubParsersAction) -> None:
+    p = ship_sub.add_parser(
+        "a2d",
+        help="an A2D layer fitted and calibrated on validation data, as a Hub folder",
+        description="Fit an A2D layer's Box-Cox transforms on clean validation images, set its "
+        "thresholds on other validation images, and write its Hub folder with a model card "
+        "(guardnet.ship.ship_a2d).",
+    )
+    p.add_argument("--dataset", required=True, choices=["mnist", "cifar10", "gtsrb"])
+    p.add_argument("--classifier", required=True, help="registered classifier name")
+    p.add_argument("--attacks", nargs="+", required=True, help="attacks used as defense")
+    p.add_argument("--settings", type=json.loads, default=None, help="JSON per-attack settings")
+    p.add_argument("--detector", default="zscore", choices=["zscore", "vote"])
+    p.add_argument("--name", required=True, help="the registered name it ships under")
+    p.add_argument("--recipe", required=True, help="the guard recipe that uses it")
+    p.add_argument("--fit-limit", type=int, default=300)
+    p.add_argument("--val-limit", type=int, default=300)
+    p.add_argument("--fpr", type=float, default=0.05)
+    p.add_argument("--measured", type=Path, default=None, help="Markdown lines for the card")
+    p.add_argument("--out", required=True, type=Path, help="the Hub folder to write")
+    p.set_defaults(run=guarded("ship a2d", _ship_a2d))
 
 
 def _add_ship_contranet(ship_sub: argparse._SubParsersAction) -> None:
@@ -103,6 +128,28 @@ def _ship_contranet(args: argparse.Namespace, command: str) -> None:
         notes=args.notes.read_text() if args.notes is not None else None,
     )
     print(json.dumps(metrics, indent=1))
+
+
+def _ship_a2d(args: argparse.Namespace, command: str) -> None:
+    from guardnet.ship.a2d import ship_a2d
+
+    measured = args.measured.read_text().splitlines() if args.measured else ()
+    config = ship_a2d(
+        args.out,
+        dataset=args.dataset,
+        classifier=args.classifier,
+        attacks=args.attacks,
+        name=args.name,
+        recipe=args.recipe,
+        settings=args.settings,
+        detector=args.detector,
+        fit_limit=args.fit_limit,
+        val_limit=args.val_limit,
+        target_fpr=args.fpr,
+        command=command,
+        measured=[line.removeprefix("- ") for line in measured if line.strip()],
+    )
+    print(json.dumps(config["fit"], indent=1))
 
 
 def _ship_akamaster(args: argparse.Namespace, command: str) -> None:

@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_train_classifier(train_sub)
     _add_train_contranet(train_sub)
     _add_train_branch(train_sub)
+    _add_train_reformers(train_sub)
 
 
 _DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
@@ -374,3 +375,64 @@ def _train_branch(args: argparse.Namespace, command: str) -> None:
         keep_dmm=args.keep_dmm,
     )
     print(f"wrote {written} and {Path(args.out) / 'train_log.jsonl'} ({units} units)")
+
+
+def _add_train_reformers(train_sub: argparse._SubParsersAction) -> None:
+    p = train_sub.add_parser(
+        "reformers",
+        help="DeT's reformers: plain denoising, then cross training",
+        description="Train denoising autoencoders (one per --styles entry) on noise-added "
+        "images of --dataset, then cross-train every pair (DeT, Algorithm 1); write "
+        "OUT/model as one ReformerSet Hub folder (guardnet.train.reformer).",
+        epilog="example: guardnet train reformers --dataset mnist --styles pooled plain wide "
+        "--epochs 5 --cross-epochs 1 --noise 0.1 --out runs/reformers-mnist",
+    )
+    p.add_argument("--dataset", required=True, choices=["mnist", "cifar10", "gtsrb"])
+    p.add_argument("--styles", nargs="+", required=True, help="pooled, plain or wide, per reformer")
+    p.add_argument("--epochs", type=int, default=5, help="plain denoising epochs")
+    p.add_argument("--cross-epochs", type=int, default=1, help="cross-training epochs")
+    p.add_argument("--noise", type=float, default=0.1, help="training noise std (l)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-limit", type=int, default=None, help="training images (seeded subset)")
+    p.add_argument("--val-limit", type=int, default=1000, help="validation images for the error")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, type=Path, help="the run folder")
+    p.set_defaults(run=guarded("train reformers", _train_reformers))
+
+
+def _train_reformers(args: argparse.Namespace, command: str) -> None:
+    import torch
+
+    from guardnet.data.datasets import load_split
+    from guardnet.train.reformer import ReformerTrainingOptions, train_reformers
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    options = ReformerTrainingOptions(
+        dataset=args.dataset,
+        styles=tuple(args.styles),
+        epochs=args.epochs,
+        cross_epochs=args.cross_epochs,
+        noise=args.noise,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    train = load_split(args.dataset, "train", limit=args.train_limit).images
+    val = load_split(args.dataset, "val", limit=args.val_limit).images
+    config = train_reformers(
+        options,
+        train,
+        val,
+        args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        invocation=command,
+    )
+    print(
+        f"wrote {args.out / 'model'}: rebuild errors {config['history'][-1]['val_rebuild_error']}"
+    )

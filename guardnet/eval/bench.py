@@ -250,6 +250,7 @@ def bench_guard(
     min_run_time: float = 0.5,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    images: Tensor | None = None,
 ) -> dict[str, Any]:
     """Cost of a calibrated guard against its bare classifier: latency, throughput, FLOPs.
 
@@ -266,6 +267,9 @@ def bench_guard(
         min_run_time: seconds of timed runs per measurement at least.
         device: where to run; the guard is moved there.
         seed: seed of the random images.
+        images: real images to time on instead of random ones (repeated to fill a batch): a
+            ``probe`` layer's cost (A2D's attack steps) depends on the content. FLOPs are then
+            counted on the first image.
 
     Returns:
         ``{"metadata": {...}, "flops_per_image": {"classifier", "layers": {name: ...}, "guard",
@@ -286,7 +290,13 @@ def bench_guard(
         with torch.inference_mode():
             return guard(x)
 
-    one = torch.rand((1, *shape), generator=generator).to(device)
+    def batch_of(size: int) -> Tensor:
+        if images is None:
+            return torch.rand((size, *shape), generator=generator).to(device)
+        repeats = -(-size // len(images))
+        return images.repeat(repeats, 1, 1, 1)[:size].to(device)
+
+    one = batch_of(1)
     # FlopCounterMode hooks modules for autograd: count under no_grad, not inference_mode (in
     # which parametrized weights, e.g. spectral norm, come out as inference tensors it rejects).
     classifier_flops = count_flops(guard.classify, one)
@@ -313,7 +323,7 @@ def bench_guard(
 
     batches = []
     for batch_size in batch_sizes:
-        x = torch.rand((int(batch_size), *shape), generator=generator).to(device)
+        x = batch_of(int(batch_size))
         bare = measure_latency(classify, x, min_run_time=min_run_time)
         whole = measure_latency(run_guard, x, min_run_time=min_run_time)
         batches.append(
@@ -335,6 +345,11 @@ def bench_guard(
         f"its max_batch_size ({guard.max_batch_size}) into chunks, so its peak stops growing "
         "there."
     )
+    if images is not None:
+        notes.append(
+            f"timed on {len(images)} real images repeated to fill each batch (a probe layer's "
+            "cost depends on the content); FLOPs counted on the first, backward passes included"
+        )
     return {
         "metadata": hardware_metadata(device),
         "input_shape": list(shape),

@@ -1,7 +1,9 @@
 """Defense layers and the protocol they share."""
 
+from guardnet.layers.a2d import A2DLayer
 from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
 from guardnet.layers.contranet import ContraNetLayer
+from guardnet.layers.det import DeTReformer
 from guardnet.layers.registry import (
     LAYER_TYPES,
     build_layer,
@@ -13,7 +15,9 @@ from guardnet.layers.saec import SAECLayer, saec_score
 
 __all__ = [
     "LAYER_TYPES",
+    "A2DLayer",
     "ContraNetLayer",
+    "DeTReformer",
     "Layer",
     "LayerInput",
     "LayerKind",

@@ -27,8 +27,10 @@ clean validation data.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -37,7 +39,40 @@ from torch import Tensor
 
 from guardnet._utils import Float32Buffers
 
-__all__ = ["Layer", "LayerInput", "LayerKind", "LayerOutput", "score_keys"]
+__all__ = [
+    "Layer",
+    "LayerInput",
+    "LayerKind",
+    "LayerOutput",
+    "exact_scores",
+    "exact_scores_requested",
+    "score_keys",
+]
+
+_EXACT_SCORES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "guardnet_exact_scores", default=False
+)
+
+
+@contextlib.contextmanager
+def exact_scores() -> Iterator[None]:
+    """Ask layers for their exact scores inside the block.
+
+    A layer may stop computing a score once its decision against a calibrated threshold is
+    settled (A2D stops attacking an input whose cost has passed its threshold) and then return
+    a score that is only known to lie on the accepted side. Calibration and evaluation need
+    the exact values: :meth:`guardnet.GuardedModel.compute_scores` runs inside this block.
+    """
+    token = _EXACT_SCORES.set(True)
+    try:
+        yield
+    finally:
+        _EXACT_SCORES.reset(token)
+
+
+def exact_scores_requested() -> bool:
+    """Whether the caller is inside :func:`exact_scores`."""
+    return _EXACT_SCORES.get()
 
 
 class LayerKind(str, enum.Enum):
@@ -128,6 +163,11 @@ class Layer(Float32Buffers):
     differentiable: ClassVar[bool] = False
     default_name: ClassVar[str] = "layer"
     score_names: ClassVar[tuple[str, ...]] = ()
+    #: ``False`` when :meth:`forward` may stop computing a score once its decision against a
+    #: calibrated threshold is settled (scores on the accepted side are then bounds; decisions
+    #: are exact). :meth:`GuardedModel.compute_scores` always gets exact scores (see
+    #: :func:`exact_scores`).
+    exact_forward_scores: bool = True
     #: Classes the layer was built for (``None``: any). The guard checks it against the
     #: classifier.
     num_classes: int | None = None

@@ -30,7 +30,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from guardnet.errors import ConfigError, InputShapeError, WeightsError
+from guardnet.errors import ConfigError, InputShapeError
+from guardnet.layers._loading import load_layer_module
 from guardnet.layers.base import Layer, LayerInput, LayerKind, LayerOutput
 from guardnet.layers.registry import register_layer
 from guardnet.nets.contranet import SCORE_NAMES, ContraNet, from_unit_range, to_unit_range
@@ -106,19 +107,15 @@ class ContraNetLayer(Layer):
         Raises:
             WeightsError: the weights are missing, damaged, or not a ContraNet.
         """
-        from guardnet.weights import from_pretrained
-
-        name = os.fspath(name_or_path)
-        model = from_pretrained(
-            name,
+        model = load_layer_module(
+            name_or_path,
+            ContraNet,
+            "a ContraNet",
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             device=device,
         )
-        if not isinstance(model, ContraNet):
-            architecture = model.pretrained_config.get("architecture")
-            raise WeightsError(f"{name!r} holds a {architecture!r}, not a ContraNet")
         return cls(model, **kwargs)
 
     def get_config(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ BuilderT = TypeVar("BuilderT", bound=Callable[..., nn.Module])
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
 
 # Modules whose import registers guardnet's own architectures.
-_BUILTIN_MODULES = ("guardnet.nets", "guardnet.nets.contranet")
+_BUILTIN_MODULES = ("guardnet.nets", "guardnet.nets.contranet", "guardnet.layers.a2d")
 
 
 def register_architecture(name: str) -> Callable[[BuilderT], BuilderT]:
