@@ -370,3 +370,18 @@ def test_a_saved_guard_with_a2d_loads_back(tmp_path: Path) -> None:
     loaded = GuardedModel.from_pretrained(tmp_path / "guard", classifier=classifier)
     x = images(10, seed=11)
     assert torch.equal(loaded(x).scores["a2d"], guard(x).scores["a2d"])
+
+
+def test_bench_counts_the_attacks_flops_on_real_images(model: nn.Module) -> None:
+    from guardnet.eval.bench import bench_guard
+
+    guard = fitted_guard(model)
+    guard.calibrate(images(64, seed=2), target_fpr=0.2, progress=False)
+    result = bench_guard(
+        guard, input_shape=(1, 8, 8), batch_sizes=(1, 4), min_run_time=0.01, images=images(8)
+    )
+    flops = result["flops_per_image"]
+    # every attack step is a forward and a backward pass of the classifier
+    assert flops["layers"]["a2d"]["counted"] > 2 * flops["classifier"]
+    assert [b["batch_size"] for b in result["batches"]] == [1, 4]
+    assert any("real images" in note for note in flops["notes"])

@@ -393,7 +393,7 @@ def _add_train_reformers(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cross-epochs", type=int, default=1, help="cross-training epochs")
     p.add_argument("--noise", type=float, default=0.1, help="training noise std (l)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-limit", type=int, default=None, help="training images (seeded subset)")
     p.add_argument("--val-limit", type=int, default=1000, help="validation images for the error")

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from guardnet.guard import GuardedModel
 from guardnet.layers.base import LayerInput, LayerKind
@@ -83,6 +84,35 @@ def count_flops(
         "per_module": per_module,
         "notes": [_FLOP_NOTE],
     }
+
+
+class _DispatchFlopCounter(TorchDispatchMode):
+    """Sums the FLOPs of ``torch.utils.flop_counter``'s formulas over every op dispatched,
+    without FlopCounterMode's module hooks (which refuse ``torch.autograd.grad``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+
+def count_flops_with_autograd(fn: Callable[[Tensor], Any], example_input: Tensor) -> int:
+    """FLOPs of one call that runs backward passes itself (A2D's attacks), backward included.
+
+    The same formulas as :func:`count_flops` (2 x MACs of matmuls and convolutions, their
+    backward passes included), counted at the dispatcher.
+    """
+    counter = _DispatchFlopCounter()
+    with counter:
+        fn(example_input)
+    return counter.total
 
 
 def saec_elementwise_ops(layer: SAECLayer, input_shape: Sequence[int]) -> int:
@@ -300,7 +330,14 @@ def bench_guard(
     # FlopCounterMode hooks modules for autograd: count under no_grad, not inference_mode (in
     # which parametrized weights, e.g. spectral norm, come out as inference tensors it rejects).
     classifier_flops = count_flops(guard.classify, one)
-    guard_flops = count_flops(guard, one)
+    if any(layer.kind is LayerKind.PROBE for layer in guard.layers.values()):
+        guard_flops = {
+            "total": count_flops_with_autograd(guard, one),
+            "per_module": {},
+            "notes": [_FLOP_NOTE],
+        }
+    else:
+        guard_flops = count_flops(guard, one)
     layers: dict[str, Any] = {}
     notes = list(guard_flops["notes"])
     with torch.no_grad():
@@ -310,7 +347,17 @@ def bench_guard(
     )
     for name, layer in guard.layers.items():
         inputs = LayerInput(images=one) if layer.kind is LayerKind.PRE else after_classifier
-        counted = count_flops(lambda x, layer=layer, inputs=inputs: layer(inputs), one)
+        if layer.kind is LayerKind.PROBE:
+            total = count_flops_with_autograd(
+                lambda x, layer=layer, inputs=inputs: layer(inputs), one
+            )
+            notes.append(
+                f"{name}: a probe; its count includes the backward passes of its attacks "
+                "(guardnet.eval.bench.count_flops_with_autograd) and depends on the image"
+            )
+            counted = {"total": total}
+        else:
+            counted = count_flops(lambda x, layer=layer, inputs=inputs: layer(inputs), one)
         entry: dict[str, Any] = {"counted": counted["total"]}
         if isinstance(layer, SAECLayer):
             entry["elementwise_estimate"] = saec_elementwise_ops(layer, shape)

@@ -65,6 +65,9 @@ class DeTReformer(Layer):
         num_classes: the classes of the data the reformers were trained on (checked against
             the classifier; ``None``: any).
         input_size: (C, H, W) the reformers were trained on (``None``: any of their channels).
+        fresh_noise: draw new noise on every call instead of keying it on the image: a
+            randomised defense, for evaluating it under EOT (an attacker averaging over its
+            randomness); off for serving, where the same image always gets the same answer.
 
     Shape:
         - Input: images (B, C, H, W) in [0, 1] and the classifier.
@@ -100,6 +103,7 @@ class DeTReformer(Layer):
         chunk_size: int = 4096,
         num_classes: int | None = None,
         input_size: Sequence[int] | None = None,
+        fresh_noise: bool = False,
     ) -> None:
         if not isinstance(reformers, ReformerSet):
             raise TypeError(f"reformers must be a ReformerSet, got {type(reformers).__name__}")
@@ -131,9 +135,7 @@ class DeTReformer(Layer):
         self.chunk_size = chunk_size
         self.num_classes = num_classes
         self.input_size = None if input_size is None else tuple(int(s) for s in input_size)
-        #: Draw fresh noise on every call instead of keying it on the image (for EOT: an
-        #: attacker averaging over DeT's randomness); off for serving.
-        self.fresh_noise = False
+        self.fresh_noise = fresh_noise
         self._calls = 0
 
     # ------------------------------------------------------------------ loading
@@ -187,6 +189,7 @@ class DeTReformer(Layer):
             "chunk_size": self.chunk_size,
             "num_classes": self.num_classes,
             "input_size": None if self.input_size is None else list(self.input_size),
+            "fresh_noise": self.fresh_noise,
         }
 
     @classmethod

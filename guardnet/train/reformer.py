@@ -10,7 +10,8 @@ Cross training, exactly as DeT's Algorithm 1: every epoch draws batches ``x`` an
 undo each other's changes, which makes adversarial examples transfer less between them.
 
 Runs are seeded and resumable: a pickle-free checkpoint (:mod:`guardnet.train.checkpoint`)
-after every epoch of either phase; at the end the run's ``model/`` folder holds every reformer
+after every epoch of either phase (the last plain epoch's is kept, to compare the reformers
+before and after cross training); at the end the run's ``model/`` folder holds every reformer
 as one :class:`~guardnet.nets.reformer.ReformerSet` in Hub layout.
 """
 
@@ -35,6 +36,10 @@ from guardnet.weights.io import write_folder
 
 __all__ = ["ReformerTrainingOptions", "cross_training_step", "train_reformers"]
 
+# Per style, a factor on the learning rate: the ReLU reformer collapses to a constant image at
+# the sigmoid reformers' 1e-2 and trains at a tenth of it.
+_LR_SCALE = {"wide": 0.1}
+
 
 @dataclass(frozen=True)
 class ReformerTrainingOptions:
@@ -47,7 +52,9 @@ class ReformerTrainingOptions:
         cross_epochs: cross-training epochs after them (0: none).
         noise: ``l``, the standard deviation of the Gaussian training noise.
         batch_size: images per batch.
-        lr: Adam's learning rate (one optimiser per reformer).
+        lr: Adam's learning rate (one optimiser per reformer; 1e-3 leaves the sigmoid
+            autoencoders near the mean image after a few epochs, 1e-2 does not); the ReLU
+            ``"wide"`` style takes a tenth of it.
         seed: seeds initial weights (reformer ``i`` with ``seed + i``), shuffling and noise.
     """
 
@@ -57,7 +64,7 @@ class ReformerTrainingOptions:
     cross_epochs: int = 1
     noise: float = 0.1
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-2
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -170,7 +177,10 @@ def train_reformers(
         for module in reformer.modules():
             if isinstance(module, torch.nn.Conv2d):
                 module.reset_parameters()
-    optimizers = [torch.optim.Adam(r.parameters(), lr=options.lr) for r in reformers.reformers]
+    optimizers = [
+        torch.optim.Adam(r.parameters(), lr=options.lr * _LR_SCALE.get(style, 1.0))
+        for r, style in zip(reformers.reformers, options.styles, strict=True)
+    ]
     generator = torch.Generator().manual_seed(options.seed)
     history: list[dict[str, Any]] = []
     epoch = 0
@@ -242,6 +252,8 @@ def train_reformers(
                 "epoch": epoch,
             },
             epoch=epoch,
+            # the plain-trained reformers, to compare with cross-trained ones (DeT's Fig. 4)
+            protect=(options.epochs,) if options.cross_epochs else (),
         )
     config = {
         "architecture": "ReformerSet",
