@@ -17,10 +17,10 @@ import time
 
 import torch
 
-import guardnet
 from guardnet.data.datasets import load_split
 from guardnet.layers.a2d import A2D_PRESETS
 from guardnet.ops.attack_cost import bim_cost, boundary_cost, jsma_cost
+from guardnet.recipes import build_classifier
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = guardnet.from_pretrained(args.classifier).eval()
+    model = build_classifier(args.classifier)  # [0, 1] images in
     x = load_split(args.dataset, "test", limit=args.batch).images
     with torch.no_grad():
         logits = model(x)

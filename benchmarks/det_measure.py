@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import guardnet
 from guardnet import DeTReformer
 from guardnet.data.datasets import load_split
 from guardnet.eval.attacks.bim import BIM
 from guardnet.eval.attacks.fgsm import FGSM
 from guardnet.eval.attacks.foolbox_attacks import CW, DeepFool
 from guardnet.layers.base import LayerInput
+from guardnet.recipes import build_classifier
 
 
 class Through(nn.Module):
@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    classifier = guardnet.from_pretrained(args.classifier).eval()
+    classifier = build_classifier(args.classifier)  # [0, 1] images in
     layer = DeTReformer.from_pretrained(args.det).eval()
     data = load_split(args.dataset, "test", limit=args.test_limit)
     x, y = data.images, data.labels

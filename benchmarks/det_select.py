@@ -33,13 +33,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import guardnet
 from guardnet import DeTReformer
 from guardnet.data.datasets import load_split
 from guardnet.eval.attacks.foolbox_attacks import CW
 from guardnet.eval.attacks.pgd import PGD
 from guardnet.layers.base import LayerInput
 from guardnet.nets.reformer import ReformerSet
+from guardnet.recipes import build_classifier
 from guardnet.train.checkpoint import load_checkpoint
 
 
@@ -123,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    classifier = guardnet.from_pretrained(args.classifier).eval()
+    classifier = build_classifier(args.classifier)  # [0, 1] images in
     final = DeTReformer.from_pretrained(args.run / "model").reformers.eval()
     noise = json.loads((args.run / "model" / "config.json").read_text())["train_settings"]["noise"]
     plain = plain_reformers(args.run, final)

@@ -7,8 +7,9 @@ different architectures per dataset. :class:`Reformer` covers the three guardnet
 - ``"pooled"``: MagNet's MNIST autoencoder: 3x3 convolutions with 3 channels and sigmoids,
   average pooling after the first, mirrored by upsampling in the decoder;
 - ``"plain"``: MagNet's CIFAR-10 autoencoder: three 3x3 convolutions with 3 channels;
-- ``"wide"``: guardnet's third: 5x5 convolutions with 8 channels and ReLUs (a different
-  receptive field and non-linearity, for diversity).
+- ``"wide"``: guardnet's third: 5x5 convolutions with 8 channels and leaky ReLUs that predict
+  a correction added to the input (a different receptive field, non-linearity and form, for
+  diversity; without the skip connection, most initialisations stayed at a constant image).
 
 Every reformer maps [0, 1] images to [0, 1] images of the same shape.
 """
@@ -28,7 +29,14 @@ __all__ = ["REFORMER_STYLES", "Reformer", "ReformerSet"]
 REFORMER_STYLES: dict[str, dict[str, Any]] = {
     "pooled": {"channels": 3, "depth": 2, "pool": True, "kernel_size": 3, "activation": "sigmoid"},
     "plain": {"channels": 3, "depth": 1, "pool": False, "kernel_size": 3, "activation": "sigmoid"},
-    "wide": {"channels": 8, "depth": 2, "pool": False, "kernel_size": 5, "activation": "relu"},
+    "wide": {
+        "channels": 8,
+        "depth": 2,
+        "pool": False,
+        "kernel_size": 5,
+        "activation": "leaky_relu",
+        "residual": True,
+    },
 }
 
 
@@ -37,7 +45,9 @@ def _activation(name: str) -> nn.Module:
         return nn.Sigmoid()
     if name == "relu":
         return nn.ReLU()
-    raise ValueError(f"activation must be 'sigmoid' or 'relu', got {name!r}")
+    if name == "leaky_relu":  # plain ReLU units of a small autoencoder can all die at once
+        return nn.LeakyReLU(0.1)
+    raise ValueError(f"activation must be 'sigmoid', 'relu' or 'leaky_relu', got {name!r}")
 
 
 @register_architecture("Reformer")
@@ -51,8 +61,8 @@ class Reformer(nn.Module):
         pool: average-pool after the encoder's first convolution and upsample before the
             decoder's last (inputs need even height and width).
         kernel_size: odd kernel size of every convolution (same padding).
-        activation: of the hidden convolutions, ``"sigmoid"`` or ``"relu"``; the output is
-            always a sigmoid.
+        activation: of the hidden convolutions, ``"sigmoid"``, ``"relu"`` or ``"leaky_relu"``.
+        residual: the output is ``clamp(x + net(x), 0, 1)`` instead of ``sigmoid(net(x))``.
 
     Shape:
         - Input: (B, in_channels, H, W) in [0, 1].
@@ -73,6 +83,7 @@ class Reformer(nn.Module):
         pool: bool = False,
         kernel_size: int = 3,
         activation: str = "sigmoid",
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1 or channels < 1 or in_channels < 1:
@@ -86,6 +97,7 @@ class Reformer(nn.Module):
             "pool": pool,
             "kernel_size": kernel_size,
             "activation": activation,
+            "residual": residual,
         }
         pad = kernel_size // 2
         layers: list[nn.Module] = []
@@ -105,13 +117,40 @@ class Reformer(nn.Module):
                 nn.Conv2d(channels, channels, kernel_size, padding=pad),
                 _activation(activation),
             ]
-        layers += [nn.Conv2d(channels, in_channels, kernel_size, padding=pad), nn.Sigmoid()]
+        layers.append(nn.Conv2d(channels, in_channels, kernel_size, padding=pad))
+        if not residual:
+            layers.append(nn.Sigmoid())
         self.net = nn.Sequential(*layers)
         self.pool = pool
+        self.residual = residual
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Fresh weights: PyTorch's default for sigmoid layers, He initialisation (for the
+        slope of the activation) and zero biases for (leaky) ReLU ones; a residual reformer's
+        last convolution starts at zero (the identity)."""
+        activation = self.config["activation"]
+        for module in self.net:
+            if not isinstance(module, nn.Conv2d):
+                continue
+            module.reset_parameters()
+            if (
+                activation in ("relu", "leaky_relu")
+                and module.out_channels != self.config["in_channels"]
+            ):
+                slope = 0.1 if activation == "leaky_relu" else 0.0
+                nn.init.kaiming_normal_(module.weight, a=slope, nonlinearity="leaky_relu")
+                nn.init.zeros_(module.bias)
+        if self.config["residual"]:
+            last = self.net[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pool and (x.shape[-1] % 2 or x.shape[-2] % 2):
             raise ValueError(f"a pooled reformer needs even height and width, got {tuple(x.shape)}")
+        if self.residual:
+            return (x + self.net(x)).clamp(0.0, 1.0)
         return self.net(x)
 
 

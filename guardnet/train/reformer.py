@@ -36,8 +36,9 @@ from guardnet.weights.io import write_folder
 
 __all__ = ["ReformerTrainingOptions", "cross_training_step", "train_reformers"]
 
-# Per style, a factor on the learning rate: the ReLU reformer collapses to a constant image at
-# the sigmoid reformers' 1e-2 and trains at a tenth of it.
+# Per style, a factor on the learning rate: the leaky-ReLU style collapsed to a constant image
+# at the sigmoid reformers' 1e-2 (with ReLUs and PyTorch's default initialisation); it trains at
+# a tenth of the rate, with He initialisation.
 _LR_SCALE = {"wide": 0.1}
 
 
@@ -53,8 +54,8 @@ class ReformerTrainingOptions:
         noise: ``l``, the standard deviation of the Gaussian training noise.
         batch_size: images per batch.
         lr: Adam's learning rate (one optimiser per reformer; 1e-3 leaves the sigmoid
-            autoencoders near the mean image after a few epochs, 1e-2 does not); the ReLU
-            ``"wide"`` style takes a tenth of it.
+            autoencoders near the mean image after a few epochs, 1e-2 does not); the
+            leaky-ReLU ``"wide"`` style takes a tenth of it.
         seed: seeds initial weights (reformer ``i`` with ``seed + i``), shuffling and noise.
     """
 
@@ -174,9 +175,7 @@ def train_reformers(
     reformers = ReformerSet(configs, names=names)
     for i, reformer in enumerate(reformers.reformers):
         torch.manual_seed(options.seed + i)
-        for module in reformer.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                module.reset_parameters()
+        reformer.reset_parameters()
     optimizers = [
         torch.optim.Adam(r.parameters(), lr=options.lr * _LR_SCALE.get(style, 1.0))
         for r, style in zip(reformers.reformers, options.styles, strict=True)
