@@ -157,7 +157,7 @@ def test_bad_inputs_fail_clearly() -> None:
         DeTReformer(nets, input_size=(1, 28, 28))(layer_input(images(2), model))
     with pytest.raises(ConfigError, match="43-class"):
         DeTReformer(nets, num_classes=43)(layer_input(images(2), model))
-    with pytest.raises(ValueError, match="even height"):
+    with pytest.raises(InputShapeError, match="even height"):
         Reformer(1, **REFORMER_STYLES["pooled"])(torch.rand(1, 1, 7, 7))
 
 
@@ -213,3 +213,42 @@ def test_training_is_seeded_and_resumable(tmp_path: Path) -> None:
     # same seed, same weights
     other = train_reformers(options, train, val, tmp_path / "c", progress=False, log=lambda s: None)
     assert other["history"][-1]["val_rebuild_error"] == full["history"][-1]["val_rebuild_error"]
+
+
+def test_ship_writes_the_chosen_reformers_in_order(tmp_path: Path) -> None:
+    from guardnet.ship.det import ship_det
+
+    options = ReformerTrainingOptions(
+        dataset="mnist",
+        styles=("plain", "wide", "plain"),
+        epochs=1,
+        cross_epochs=0,
+        batch_size=16,
+    )
+    train_reformers(
+        options,
+        torch.rand(32, 1, 8, 8),
+        torch.rand(8, 1, 8, 8),
+        tmp_path / "run",
+        progress=False,
+        log=lambda s: None,
+    )
+    selection = {
+        "choice": {"first": 2, "voters": [1, 0], "num_samples": 5, "eps": 0.2, "noise": 0.1}
+    }
+    config = ship_det(
+        tmp_path / "run",
+        tmp_path / "det",
+        selection=selection,
+        name="det-toy",
+        recipe="toy-det",
+        classifier="toy",
+    )
+    assert config["arch_args"]["names"] == ["plain-2", "wide-1", "plain-0"]
+    layer = DeTReformer.from_pretrained(tmp_path / "det")
+    assert (layer.first, layer.voters, layer.num_samples, layer.eps) == (0, [1, 2], 5, 0.2)
+    assert layer.num_classes == 10
+    run = DeTReformer.from_pretrained(tmp_path / "run" / "model")
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(layer.reformers[0](x), run.reformers[2](x))
+    assert "R0 (preliminary)" in (tmp_path / "det" / "README.md").read_text()

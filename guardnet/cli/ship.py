@@ -5,6 +5,7 @@ Subcommands:
     ship akamaster          Yerlan Idelbayev's CIFAR-10 ResNets as Hub folders.
     ship fixtures           the small dataset samples in ``guardnet/assets/fixtures/``.
     ship a2d                an A2D layer fitted and calibrated on validation data.
+    ship det                DeT's chosen reformers from a training run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_ship_akamaster(ship_sub)
     _add_ship_fixtures(ship_sub)
     _add_ship_a2d(ship_sub)
+    _add_ship_det(ship_sub)
+
+
+def _add_ship_det(ship_sub: argparse._SubParsersAction) -> None:
+    p = ship_sub.add_parser(
+        "det",
+        help="DeT's chosen reformers (R0, the Reformer List, N, eps) as a Hub folder",
+        description="Write the reformers a `benchmarks/det_select.py` report chose from a "
+        "`guardnet train reformers` run, with the DeT settings in config.json and a model card "
+        "(guardnet.ship.det.ship_det).",
+    )
+    p.add_argument("--run", required=True, type=Path, help="the reformer training run")
+    p.add_argument("--selection", required=True, type=Path, help="det_select.py's JSON report")
+    p.add_argument("--name", required=True)
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--classifier", required=True)
+    p.add_argument("--measured", type=Path, default=None, help="Markdown lines for the card")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(run=guarded("ship det", _ship_det))
 
 
 def _add_ship_a2d(ship_sub: argparse._SubParsersAction) -> None:
@@ -150,6 +170,22 @@ def _ship_a2d(args: argparse.Namespace, command: str) -> None:
         measured=[line.removeprefix("- ") for line in measured if line.strip()],
     )
     print(json.dumps(config["fit"], indent=1))
+
+
+def _ship_det(args: argparse.Namespace, command: str) -> None:
+    from guardnet.ship.det import ship_det
+
+    measured = args.measured.read_text().splitlines() if args.measured else ()
+    config = ship_det(
+        args.run,
+        args.out,
+        selection=json.loads(args.selection.read_text()),
+        name=args.name,
+        recipe=args.recipe,
+        classifier=args.classifier,
+        measured=[line.removeprefix("- ") for line in measured if line.strip()],
+    )
+    print(json.dumps(config["det"], indent=1))
 
 
 def _ship_akamaster(args: argparse.Namespace, command: str) -> None:

@@ -531,18 +531,21 @@ class A2DLayer(Layer):
         if inputs.classifier is None or inputs.labels is None:
             raise ValueError("A2DLayer runs after the classifier and needs its handle and labels")
         self._require_fitted()
-        dtype = inputs.images.dtype
+        # The attacks run in the classifier's dtype: images are converted to it (a GuardedModel
+        # has already done so), and a half-precision classifier is refused.
+        if inputs.logits is not None:
+            dtype = inputs.logits.dtype
+        else:
+            dtype = next(
+                (p.dtype for p in inputs.classifier.parameters() if p.is_floating_point()),
+                inputs.images.dtype,
+            )
         if dtype in (torch.float16, torch.bfloat16):
             raise InputDTypeError(
                 f"A2DLayer counts attack steps, which {str(dtype).removeprefix('torch.')} "
                 "rounding changes: run the guard in float32 or float64 (guard.float())"
             )
-        if inputs.logits is not None and inputs.logits.dtype != dtype:
-            raise InputDTypeError(
-                f"A2DLayer got {str(dtype).removeprefix('torch.')} images for a classifier "
-                f"that computes in {str(inputs.logits.dtype).removeprefix('torch.')}: give it "
-                "images of the classifier's dtype (a GuardedModel converts them)"
-            )
+        images = inputs.images.to(dtype)
         limits = None
         if self.stop_at_threshold and not exact_scores_requested():
             limits = self.stop_limits()
@@ -550,13 +553,13 @@ class A2DLayer(Layer):
         # inference tensors are cloned into normal ones first.
         with torch.inference_mode(False), torch.enable_grad():
             costs = self.costs(
-                inputs.images.clone(),
+                images.clone(),
                 inputs.classifier,
                 labels=inputs.labels.clone(),
                 logits=None if inputs.logits is None else inputs.logits.clone(),
                 limits=limits,
             )
-        return LayerOutput(scores=self.scores_from_costs(costs).to(inputs.images.dtype))
+        return LayerOutput(scores=self.scores_from_costs(costs).to(dtype))
 
 
 @register_architecture("A2D")

@@ -243,7 +243,8 @@ class DeTReformer(Layer):
         for index in self.voters:
             reformer = self.reformers[index]
             chunks = [classifier(reformer(c)) for c in flat.split(self.chunk_size)]
-            per_voter.append(torch.cat(chunks).view(batch, n, -1))
+            logits = torch.cat(chunks)
+            per_voter.append(logits.view(batch, n, logits.shape[-1]))
         return torch.stack(per_voter)
 
     def vote(self, sample_labels: Tensor, keys: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -299,9 +300,10 @@ class DeTReformer(Layer):
         sample_labels = logits.detach().argmax(-1)
         labels, fractions = self.vote(sample_labels, keys, num_classes)
         probabilities = logits.softmax(-1).mean((0, 2))  # (B, K)
-        surrogate = fractions.to(probabilities.dtype) + probabilities - probabilities.detach()
+        # (b - b.detach()) is exactly zero, so the values are exactly the hard ones.
+        surrogate = fractions.to(probabilities.dtype) + (probabilities - probabilities.detach())
         disagreement = (sample_labels != labels[None, :, None]).float().mean((0, 2))
         # The disagreement's gradient: that of 1 - the mean probability of the final label.
         soft = 1 - probabilities.gather(1, labels[:, None]).squeeze(1)
-        scores = disagreement.to(soft.dtype) + soft - soft.detach()
+        scores = disagreement.to(soft.dtype) + (soft - soft.detach())
         return LayerOutput(scores=scores, logits=surrogate.to(images.dtype), labels=labels)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from guardnet.errors import InputShapeError
 from guardnet.weights.registry import register_architecture
 
 __all__ = ["REFORMER_STYLES", "Reformer", "ReformerSet"]
@@ -148,7 +149,9 @@ class Reformer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pool and (x.shape[-1] % 2 or x.shape[-2] % 2):
-            raise ValueError(f"a pooled reformer needs even height and width, got {tuple(x.shape)}")
+            raise InputShapeError(
+                f"a pooled reformer needs even height and width, got {tuple(x.shape)}"
+            )
         if self.residual:
             return (x + self.net(x)).clamp(0.0, 1.0)
         return self.net(x)
