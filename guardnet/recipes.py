@@ -202,3 +202,14 @@ for _dataset, _classifier, _contranet_weights in (
             description=f"MixDefense: SAEC -> {_classifier} -> ContraNet ({_contranet_weights})",
         )
     )
+
+
+register_guard(
+    GuardRecipe(
+        name="mnist-a2d",
+        dataset="mnist",
+        classifier="mnist-cnn",
+        layers=({"type": "a2d", "weights": "a2d-mnist"},),
+        description="A2D (a2d-mnist: BIM_d, JSMA_d) after mnist-cnn",
+    )
+)

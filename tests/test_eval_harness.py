@@ -213,3 +213,24 @@ def test_eval_cli_errors(capsys) -> None:
     argv = ["eval", "--guard", "mnist-saec", "--fixtures", "--val-limit", "50", "--limit", "5"]
     assert main([*argv, "--attack", "fgsm", "--budget", '{"sace": 2}', "--no-progress"]) == 2
     assert "budget names unknown layers ['sace']" in capsys.readouterr().err
+
+
+class ExactFlagLayer(SecondPixelDetector):
+    """Scores 1 where the caller asked for exact scores, else 0 (a layer that may stop early)."""
+
+    default_name = "flag"
+
+    def forward(self, inputs: LayerInput) -> LayerOutput:
+        from guardnet.layers.base import exact_scores_requested
+
+        value = 1.0 if exact_scores_requested() else 0.0
+        return LayerOutput(scores=torch.full((inputs.batch_size,), value))
+
+
+def test_harness_reads_exact_scores() -> None:
+    """AUROCs and several FPRs are read from the same scores: none may be cut at a threshold."""
+    from guardnet.eval.harness import _run
+
+    guard = GuardedModel(SumClassifier(), [ExactFlagLayer()], num_classes=2)
+    x, _ = toy_data(5, 0)
+    assert bool((_run(guard, x)["scores"]["flag"] == 1).all())

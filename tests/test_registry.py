@@ -21,8 +21,10 @@ from torch import Tensor, nn
 import guardnet
 from guardnet.data import fixture_names, load_fixture
 from guardnet.guard import GuardedModel, build_guard
+from guardnet.layers.a2d import A2DLayer
 from guardnet.nets.contranet import ContraNet, to_unit_range
-from guardnet.recipes import GuardRecipe, list_guards
+from guardnet.nets.reformer import ReformerSet
+from guardnet.recipes import GuardRecipe, build_classifier, list_guards
 from guardnet.weights import load_config, mirror_root
 
 PRETRAINED = guardnet.list_pretrained()
@@ -39,6 +41,8 @@ REQUIRED_KEYS = {
     "source",
 }
 CLASSIFIER_KEYS = {"mean", "std"}
+#: Weights of a layer rather than of a classifier (no normalisation of their own).
+LAYER_WEIGHTS = (ContraNet, A2DLayer, ReformerSet)
 
 pytestmark = pytest.mark.usefixtures("flush_denormals")
 
@@ -94,14 +98,13 @@ def test_weights_load_strictly_offline_with_their_metadata(
 ) -> None:
     model, config = _load(entry.name)  # not cached: this test is the one that loads offline
     assert not model.training
-    missing = (REQUIRED_KEYS | (set() if isinstance(model, ContraNet) else CLASSIFIER_KEYS)) - set(
-        config
-    )
+    required = REQUIRED_KEYS | (set() if isinstance(model, LAYER_WEIGHTS) else CLASSIFIER_KEYS)
+    missing = required - set(config)
     assert not missing, f"{entry.name}: config.json lacks {sorted(missing)}"
     channels, height, width = config["input_size"]
     assert channels in (1, 3) and height > 0 and width > 0
     assert isinstance(config["num_classes"], int) and config["num_classes"] >= 2
-    if not isinstance(model, ContraNet):
+    if not isinstance(model, LAYER_WEIGHTS):
         assert len(config["mean"]) == len(config["std"]) == channels
         assert all(s > 0 for s in config["std"])
     assert config["license"] and config["source"]
@@ -138,6 +141,22 @@ def test_weights_work_on_fixture_images(entry: Any, loaded: Callable) -> None:
             # and inconsistent under another label.
             assert float(scores[:, 0].mean()) > 0.5 > float(wrong[:, 0].mean())
             return
+        if isinstance(model, ReformerSet):
+            # Trained denoisers: every rebuild of a noised image is close to the clean image.
+            noisy = (images + 0.1 * torch.randn_like(images)).clamp(0, 1)
+            for reformer in model.reformers:
+                error = float(((reformer(noisy) - images) ** 2).mean())
+                assert error < 0.02, f"{entry.name}: rebuild MSE {error:.4f}"
+            return
+    if isinstance(model, A2DLayer):
+        # Fitted on the classifier it names: clean fixture images cost like clean images.
+        classifier = build_classifier(config["classifier"])
+        costs = model.costs(images[:4], classifier)
+        scores = model.scores_from_costs(costs)
+        assert costs.shape == (4, len(model.attacks)) and bool(scores.isfinite().all())
+        assert float(scores.mean()) > -3, f"{entry.name}: clean images look adversarial"
+        return
+    with torch.no_grad():
         mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)
         std = torch.tensor(config["std"]).view(1, -1, 1, 1)
         logits = model((images - mean) / std)

@@ -14,6 +14,7 @@ from guardnet import GuardedModel
 from guardnet.eval.harness import AttackPlan, evaluate_guard, format_report
 from guardnet.eval.sanity import budget_curve, convergence_check
 from guardnet.eval.worst_case import RunOutcome, robust_mask, worst_case_table
+from guardnet.layers import Layer, LayerInput, LayerKind, LayerOutput
 
 
 def test_robust_mask_is_the_per_example_and_of_the_failures() -> None:
@@ -172,3 +173,39 @@ def test_convergence_doubles_each_named_parameter_the_attack_has() -> None:
     assert report["attack_settings"]["convergence"] == ["restarts", "steps", "queries"]
     (row,) = report["worst_case"]
     assert set(row["runs"]) == {plan.label, f"{plan.label} restarts=2", f"{plan.label} steps=20"}
+
+
+class ClassZeroReformer(Layer):
+    """``reform`` without a threshold: every label becomes class 0 (the toy's true class)."""
+
+    kind = LayerKind.REFORM
+    rejects = False
+    default_name = "relabel"
+
+    def forward(self, inputs: LayerInput) -> LayerOutput:
+        batch = inputs.images.shape[0]
+        logits = torch.zeros(batch, 2, device=inputs.images.device)
+        logits[:, 0] = 1.0
+        return LayerOutput(scores=torch.zeros(batch), logits=logits)
+
+
+def test_a_reform_layer_that_corrects_the_label_defeats_the_run() -> None:
+    guard = GuardedModel(SumClassifier(), [ClassZeroReformer()], num_classes=2)
+    val, _ = toy_split(200, 0)
+    x, y = toy_split(40, 1)
+    report = evaluate_guard(
+        guard,
+        val_images=val,
+        test_images=x,
+        test_labels=y,
+        plans=[AttackPlan("pgd", eps=0.4, params={"steps": 20})],
+        fprs=(0.05,),
+        log=lambda _: None,
+    )
+    m = report["attacks"]["pgd eps=0.4"]["at_fpr"]["0.05"]
+    # PGD fools the classifier and nothing rejects, but the reformer's final label is right:
+    # no image is broken.
+    assert m["attack_success_rate"] > 0.5 and m["acc_rob"] < 0.5 and m["acc_rc"] == 1.0
+    (row,) = report["worst_case"]
+    assert row["robust_accuracy"] == 1.0
+    assert "worst case per example" in format_report(report)

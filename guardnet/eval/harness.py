@@ -46,6 +46,7 @@ from guardnet.eval.metrics import auroc, detection_accuracy, robust_accuracy, ro
 from guardnet.eval.sanity import MIN_SUCCESS, budget_curve, convergence_check
 from guardnet.eval.worst_case import LINF_TOLERANCE, RunOutcome, worst_case_table
 from guardnet.guard import GuardedModel
+from guardnet.layers.base import exact_scores
 
 __all__ = ["AttackPlan", "ClassifierView", "evaluate_guard", "format_report"]
 
@@ -102,10 +103,14 @@ class ClassifierView(nn.Module):
 
 @torch.no_grad()
 def _run(guard: GuardedModel, images: Tensor) -> dict[str, Any]:
-    """Scores (no thresholds, no cascade), classifier labels and final labels, on the CPU."""
+    """Scores (no thresholds, no cascade), classifier labels and final labels, on the CPU.
+
+    Scores are exact (:func:`~guardnet.layers.base.exact_scores`): a layer that stops at its
+    threshold (A2D) computes the full score, since several FPRs and AUROCs are read from it.
+    """
     device = module_device(guard) or images.device
     parts: list[Any] = []
-    with eval_mode(guard):
+    with eval_mode(guard), exact_scores():
         for chunk in images.split(guard.max_batch_size or 256):
             result = guard._pipeline(
                 chunk.to(device), cascade=False, grad=False, apply_thresholds=False
@@ -134,9 +139,10 @@ def _apply_thresholds(guard: GuardedModel, thresholds: Mapping[str, tuple[float,
 
 
 def _rejections(
-    guard: GuardedModel, scores: Mapping[str, Tensor], thresholds: Mapping[str, tuple[float, float]]
+    guard: GuardedModel, run: Mapping[str, Any], thresholds: Mapping[str, tuple[float, float]]
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Per key rejection masks, their OR, and the combined score (largest margin)."""
+    scores = run["scores"]
     masks: dict[str, Tensor] = {}
     margins = []
     for key, (layer, _) in guard.rejectors.items():
@@ -146,7 +152,7 @@ def _rejections(
         masks[key] = signed > 0
         margins.append(signed / scale)
     if not masks:
-        empty = torch.zeros(next(iter(scores.values())).shape[0], dtype=torch.bool)
+        empty = torch.zeros(run["labels"].shape[0], dtype=torch.bool)
         return masks, empty, empty.double()
     union = torch.stack(list(masks.values())).any(dim=0)
     return masks, union, torch.stack(margins).amax(dim=0)
@@ -163,7 +169,7 @@ def _roc_points(negative: Tensor, positive: Tensor, limit: int = 200) -> dict[st
 def _clean_metrics(
     guard: GuardedModel, run: Mapping[str, Any], labels: Tensor, thresholds: Mapping
 ) -> dict[str, Any]:
-    masks, rejected, _ = _rejections(guard, run["scores"], thresholds)
+    masks, rejected, _ = _rejections(guard, run, thresholds)
     correct = run["classifier_labels"] == labels
     return {
         "clean_accuracy": float(correct.float().mean()),
@@ -180,8 +186,8 @@ def _attack_metrics(
     labels: Tensor,
     thresholds: Mapping,
 ) -> dict[str, Any]:
-    masks, rejected, combined = _rejections(guard, adv_run["scores"], thresholds)
-    _, _, clean_combined = _rejections(guard, clean_run["scores"], thresholds)
+    masks, rejected, combined = _rejections(guard, adv_run, thresholds)
+    _, _, clean_combined = _rejections(guard, clean_run, thresholds)
     success = adv_run["classifier_labels"] != labels
     n = int(success.sum())
     handled = rejected | (adv_run["labels"] == labels)
@@ -260,12 +266,12 @@ def _outcome(
     labels: Tensor,
     thresholds: Mapping[float, Mapping[str, tuple[float, float]]],
 ) -> RunOutcome:
-    fooled = run["classifier_labels"] != labels
+    # The guard's final labels: a reform layer (DeT) that corrects a label defeats the run.
+    fooled = run["labels"] != labels
     return RunOutcome(
         linf=(adv.cpu() - clean.cpu()).flatten(1).abs().amax(dim=1),
         success={
-            f"{fpr:g}": fooled & ~_rejections(guard, run["scores"], t)[1]
-            for fpr, t in thresholds.items()
+            f"{fpr:g}": fooled & ~_rejections(guard, run, t)[1] for fpr, t in thresholds.items()
         },
     )
 
@@ -328,11 +334,15 @@ def evaluate_guard(
     thresholds: dict[float, dict[str, tuple[float, float]]] = {}
     val_scores = collect_clean_scores(guard, val_images, batch_size=256, progress=progress)
     runner_up_scores = None
-    if budget == "runner_up":
+    if budget == "runner_up" and guard.rejectors:
         runner_up_scores = collect_clean_scores(
             guard, val_images, batch_size=256, progress=progress, labels="runner_up"
         )
     for fpr in all_fprs:
+        if not guard.rejectors:  # a guard that only corrects labels (DeT) has no threshold
+            calibrations[fpr] = {"target_fpr": fpr, "layers": {}, "note": "no rejecting layer"}
+            thresholds[fpr] = {}
+            continue
         report = calibrate_guard(
             guard,
             val_images,

@@ -2,7 +2,8 @@
 
 An attacked image counts as robust at budget ``eps`` and target FPR ``f`` only if *no* attack
 run produced, within ``eps`` (L-inf), an input that fools the classifier and passes the guard
-calibrated at ``f``. Robust accuracy under the worst case is the share of such images: the
+calibrated at ``f`` (for a guard with a reform layer such as DeT: whose final label is wrong and
+that passes). Robust accuracy under the worst case is the share of such images: the
 per-example AND, over runs, of "this run failed" (Croce & Hein, "Reliable evaluation of
 adversarial robustness with an ensemble of diverse parameter-free attacks", ICML 2020). It is
 never above any single run's figure, and it is the figure an outside attacker who tries every

@@ -26,7 +26,7 @@ from guardnet.layers.a2d import A2DLayer
 from guardnet.recipes import build_classifier
 from guardnet.weights.io import write_folder
 
-__all__ = ["ship_a2d"]
+__all__ = ["a2d_metadata", "ship_a2d"]
 
 
 def _card(config: dict[str, Any]) -> str:
@@ -103,6 +103,17 @@ Fitting took {fit["seconds"]:.0f} s on {fit["threads"]} CPU thread(s).
 {config["command"]}
 ```
 """
+
+
+def a2d_metadata(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Licence, source and metrics of a shipped A2D folder's config, from its ``fit``."""
+    dataset = config["dataset"]
+    return {
+        "license": "Apache-2.0",
+        "source": f"fitted by guardnet (guardnet ship a2d) on {config['classifier']}",
+        "metrics": {f"{dataset}_val_fpr": round(float(config["fit"]["val_fpr"]), 4)},
+        "headline_metric": f"{dataset}_val_fpr",
+    }
 
 
 def ship_a2d(
@@ -189,6 +200,7 @@ def ship_a2d(
         "measured": list(measured),
         "command": command,
     }
+    config.update(a2d_metadata(config))
     state = {k: v.detach().cpu().contiguous().clone() for k, v in layer.state_dict().items()}
     write_folder(Path(out), state, config, card=_card)
     return config

@@ -117,6 +117,25 @@ def ship_det(
     for target, index in zip(chosen.reformers, order, strict=True):
         target.load_state_dict(nets[index].state_dict())
     info = dataset_info(run_config["dataset"])
+    dataset = run_config["dataset"]
+    chosen_row = next(
+        (
+            row
+            for row in selection.get("grid", ())
+            if row["voters"] == list(choice["voters"])
+            and row["N"] == choice["num_samples"]
+            and row["eps"] == choice["eps"]
+        ),
+        None,
+    )
+    metrics: dict[str, float] = {}
+    if chosen_row is not None:
+        metrics = {
+            f"{dataset}_val_det_accuracy": round(float(chosen_row["clean"]), 4),
+            f"{dataset}_val_det_pgd_black_box_accuracy": round(
+                float(chosen_row["pgd_black_box"]), 4
+            ),
+        }
     config: dict[str, Any] = {
         "architecture": "ReformerSet",
         "arch_args": chosen.arch_args(),
@@ -138,7 +157,12 @@ def ship_det(
         "train_command": run_config.get("command", ""),
         "selection": {k: v for k, v in selection.items() if k != "grid"},
         "measured": list(measured),
+        "license": "Apache-2.0",
+        "source": "trained by guardnet (guardnet train reformers), chosen by det_select.py",
+        "metrics": metrics,
     }
+    if metrics:
+        config["headline_metric"] = f"{dataset}_val_det_accuracy"
     state = {k: v.detach().cpu().contiguous().clone() for k, v in chosen.state_dict().items()}
     write_folder(Path(out), state, config, card=_card)
     return config

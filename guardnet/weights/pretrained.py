@@ -133,6 +133,19 @@ def get_pretrained(name: str) -> PretrainedEntry:
 # Figures for each model: its config.json ("metrics") and model card in hub/<name>/.
 register_pretrained(
     PretrainedEntry(
+        name="a2d-mnist",
+        hub_id="guardnet/a2d-mnist",
+        revision=None,
+        config_sha256="39bce2806e3e79e147aef1fe4df47a205f2b72942027187d6ed82dadc660d651",
+        weights_sha256="89702d619f31bd4f0af83895f95e3240e1f2cbe11d0988613a972a38d0eb4099",
+        dataset="mnist",
+        architecture="A2D",
+        license="Apache-2.0",
+        description="A2D (BIM_d, JSMA_d) fitted on mnist-cnn's clean validation costs.",
+    )
+)
+register_pretrained(
+    PretrainedEntry(
         name="contranet-mnist",
         hub_id="guardnet/contranet-mnist",
         revision=None,
