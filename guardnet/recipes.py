@@ -213,3 +213,25 @@ register_guard(
         description="A2D (a2d-mnist: BIM_d, JSMA_d) after mnist-cnn",
     )
 )
+register_guard(
+    GuardRecipe(
+        name="mnist-det",
+        dataset="mnist",
+        classifier="mnist-cnn",
+        layers=({"type": "det", "weights": "det-mnist"},),
+        description="DeT (det-mnist) corrects mnist-cnn's labels",
+    )
+)
+register_guard(
+    GuardRecipe(
+        name="mnist-mixdefense-det",
+        dataset="mnist",
+        classifier="mnist-cnn",
+        layers=(
+            {"type": "saec"},
+            {"type": "contranet", "weights": "contranet-mnist"},
+            {"type": "det", "weights": "det-mnist"},
+        ),
+        description="SAEC and ContraNet reject, DeT (det-mnist) corrects the labels they accept",
+    )
+)

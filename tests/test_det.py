@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from guardnet import DeTReformer, GuardedModel
+from guardnet.cli import main
 from guardnet.errors import ConfigError, InputShapeError
 from guardnet.layers.base import LayerInput
 from guardnet.nets.reformer import REFORMER_STYLES, Reformer, ReformerSet
@@ -216,8 +218,6 @@ def test_training_is_seeded_and_resumable(tmp_path: Path) -> None:
 
 
 def test_ship_writes_the_chosen_reformers_in_order(tmp_path: Path) -> None:
-    from guardnet.ship.det import ship_det
-
     options = ReformerTrainingOptions(
         dataset="mnist",
         styles=("plain", "wide", "plain"),
@@ -234,17 +234,32 @@ def test_ship_writes_the_chosen_reformers_in_order(tmp_path: Path) -> None:
         log=lambda s: None,
     )
     selection = {
-        "choice": {"first": 2, "voters": [1, 0], "num_samples": 5, "eps": 0.2, "noise": 0.1}
+        "choice": {"first": 2, "voters": [1, 0], "num_samples": 5, "eps": 0.2, "noise": 0.1},
+        "grid": [
+            {"k": 2, "voters": [1, 0], "N": 5, "eps": 0.2, "clean": 0.9, "pgd_black_box": 0.8},
+            {"k": 2, "voters": [1, 0], "N": 1, "eps": 0.2, "clean": 0.5, "pgd_black_box": 0.4},
+        ],
     }
-    config = ship_det(
-        tmp_path / "run",
-        tmp_path / "det",
-        selection=selection,
-        name="det-toy",
-        recipe="toy-det",
-        classifier="toy",
-    )
+    (tmp_path / "selection.json").write_text(json.dumps(selection))
+    # through the command line
+    code = main(
+        [
+            "ship", "det", "--run", str(tmp_path / "run"),
+            "--selection", str(tmp_path / "selection.json"),
+            "--name", "det-toy", "--recipe", "toy-det", "--classifier", "toy",
+            "--out", str(tmp_path / "det"),
+        ]
+    )  # fmt: skip
+    assert code in (0, None)
+    config = json.loads((tmp_path / "det" / "config.json").read_text())
     assert config["arch_args"]["names"] == ["plain-2", "wide-1", "plain-0"]
+    # the chosen grid row's validation figures are the folder's metrics
+    assert config["metrics"] == {
+        "mnist_val_det_accuracy": 0.9,
+        "mnist_val_det_pgd_black_box_accuracy": 0.8,
+    }
+    assert config["headline_metric"] == "mnist_val_det_accuracy"
+    assert config["license"] == "Apache-2.0" and config["source"]
     layer = DeTReformer.from_pretrained(tmp_path / "det")
     assert (layer.first, layer.voters, layer.num_samples, layer.eps) == (0, [1, 2], 5, 0.2)
     assert layer.num_classes == 10

@@ -44,7 +44,9 @@ def _add_ship_det(ship_sub: argparse._SubParsersAction) -> None:
         "`guardnet train reformers` run, with the DeT settings in config.json and a model card "
         "(guardnet.ship.det.ship_det).",
     )
-    p.add_argument("--run", required=True, type=Path, help="the reformer training run")
+    p.add_argument(
+        "--run", dest="run_dir", required=True, type=Path, help="the reformer training run"
+    )
     p.add_argument("--selection", required=True, type=Path, help="det_select.py's JSON report")
     p.add_argument("--name", required=True)
     p.add_argument("--recipe", required=True)
@@ -177,7 +179,7 @@ def _ship_det(args: argparse.Namespace, command: str) -> None:
 
     measured = args.measured.read_text().splitlines() if args.measured else ()
     config = ship_det(
-        args.run,
+        args.run_dir,
         args.out,
         selection=json.loads(args.selection.read_text()),
         name=args.name,

@@ -188,6 +188,19 @@ register_pretrained(
 )
 register_pretrained(
     PretrainedEntry(
+        name="det-mnist",
+        hub_id="guardnet/det-mnist",
+        revision=None,
+        config_sha256="b444e20cee9bf6e8ec2fbe070125853975f5f23ad73c145f19b97ad739d4472c",
+        weights_sha256="ef17bc2afe800f3feed275cd266a72dfa03851defcadc334202c4a404624f1e2",
+        dataset="mnist",
+        architecture="ReformerSet",
+        license="Apache-2.0",
+        description="DeT reformers for MNIST (R0 and a Reformer List of two), trained by guardnet.",
+    )
+)
+register_pretrained(
+    PretrainedEntry(
         name="mnist-cnn",
         hub_id="guardnet/mnist-cnn",
         revision=None,
