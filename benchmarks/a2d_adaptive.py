@@ -38,6 +38,10 @@ def main() -> None:
     parser.add_argument("--val-limit", type=int, default=300)
     parser.add_argument("--fpr", type=float, default=0.05)
     parser.add_argument("--cw-steps", type=int, default=100)
+    parser.add_argument(
+        "--cw-lr", type=float, default=0.1, help="C&W's Adam step (0.01 fails at high kappa)"
+    )
+    parser.add_argument("--cw-const", type=float, default=1.0, help="C&W's initial constant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
@@ -70,12 +74,25 @@ def main() -> None:
         "val_images": len(val),
         "fpr": args.fpr,
         "l2_bound": args.l2_bound,
-        "cw": {"steps": args.cw_steps, "binary_search_steps": 5, "targeted": False},
+        "cw": {
+            "steps": args.cw_steps,
+            "binary_search_steps": 5,
+            "lr": args.cw_lr,
+            "initial_const": args.cw_const,
+            "targeted": False,
+        },
         "clean_fpr": {n: float(g(x).rejected.float().mean()) for n, g in guards.items()},
         "kappas": {},
     }
     for kappa in args.kappas:
-        adv = CW(classifier, steps=args.cw_steps, binary_search_steps=5, confidence=kappa)(x, y)
+        adv = CW(
+            classifier,
+            steps=args.cw_steps,
+            binary_search_steps=5,
+            lr=args.cw_lr,
+            initial_const=args.cw_const,
+            confidence=kappa,
+        )(x, y)
         l2 = (adv - x).flatten(1).norm(dim=1)
         with torch.no_grad():
             fooled = (classifier(adv).argmax(1) != y) & (l2 <= args.l2_bound)

@@ -70,6 +70,10 @@ def main() -> None:
     parser.add_argument("--gray-kappas", type=float, nargs="*", default=[])
     parser.add_argument("--gray-limit", type=int, default=200)
     parser.add_argument("--cw-steps", type=int, default=100)
+    parser.add_argument(
+        "--cw-lr", type=float, default=0.1, help="C&W's Adam step (0.01 fails at high kappa)"
+    )
+    parser.add_argument("--cw-const", type=float, default=1.0, help="C&W's initial constant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
@@ -77,6 +81,12 @@ def main() -> None:
     start = time.perf_counter()
     classifier = build_classifier(args.classifier)  # [0, 1] images in
     layer = DeTReformer.from_pretrained(args.det).eval()
+    cw_args = {
+        "steps": args.cw_steps,
+        "binary_search_steps": 5,
+        "lr": args.cw_lr,
+        "initial_const": args.cw_const,
+    }
     data = load_split(args.dataset, "test", limit=args.test_limit)
     x, y = data.images, data.labels
     out: dict[str, Any] = {
@@ -85,6 +95,7 @@ def main() -> None:
         "classifier": args.classifier,
         "dataset": args.dataset,
         "test_images": len(x),
+        "cw": cw_args,
         "clean": {"bare": accuracy(classifier, x, y), "det": det_accuracy(layer, classifier, x, y)},
     }
     print(json.dumps(out["clean"]), flush=True)
@@ -97,7 +108,7 @@ def main() -> None:
     if args.deepfool:
         crafted.append(("deepfool", DeepFool(classifier)(x, y)))
     for kappa in args.cw_kappas:
-        adv = CW(classifier, steps=args.cw_steps, binary_search_steps=5, confidence=kappa)(x, y)
+        adv = CW(classifier, confidence=kappa, **cw_args)(x, y)
         crafted.append((f"cw_kappa_{kappa:g}", adv))
     for name, adv in crafted:
         black[name] = {
@@ -114,12 +125,7 @@ def main() -> None:
             "images": len(gx),
         }
         for kappa in args.gray_kappas:
-            adv = CW(
-                Through(known, classifier).eval(),
-                steps=args.cw_steps,
-                binary_search_steps=5,
-                confidence=kappa,
-            )(gx, gy)
+            adv = CW(Through(known, classifier).eval(), confidence=kappa, **cw_args)(gx, gy)
             gray[f"kappa_{kappa:g}"] = {
                 "reformer_alone": accuracy(Through(known, classifier), adv, gy),
                 "det": det_accuracy(layer, classifier, adv, gy),

@@ -118,6 +118,10 @@ def main() -> None:
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--eps-grid", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
     parser.add_argument("--cw-kappas", type=float, nargs="*", default=[])
+    parser.add_argument(
+        "--cw-lr", type=float, default=0.1, help="C&W's Adam step (0.01 fails at high kappa)"
+    )
+    parser.add_argument("--cw-const", type=float, default=1.0, help="C&W's initial constant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
@@ -177,6 +181,8 @@ def main() -> None:
                     Through(nets[0], classifier).eval(),
                     steps=100,
                     binary_search_steps=5,
+                    lr=args.cw_lr,
+                    initial_const=args.cw_const,
                     confidence=kappa,
                 )(tx[:100], ty[:100])
                 curve.append(accuracy(Through(nets[1], classifier), adv, ty[:100]))

@@ -161,7 +161,8 @@ def _recipe_guards(
             # A probe attacks every input: calibrate on fewer images, time on real test ones.
             val_images = val_images[:PROBE_CALIBRATION_IMAGES]
             real = load_fixture(fixture)[0][:PROBE_TIMING_IMAGES]
-        guard.calibrate(val_images.to(args.device), target_fpr=0.05, progress=False)
+        if guard.rejectors:  # a guard that only corrects labels (DeT) has no threshold
+            guard.calibrate(val_images.to(args.device), target_fpr=0.05, progress=False)
         shape = tuple(val_images.shape[1:])
         out.append((recipe.name, guard, shape, real))
         if args.compare_authors and "contranet" in guard.layers:
