@@ -16,7 +16,9 @@ from torch import Tensor, nn
 import guardnet
 import guardnet.weights.resolve
 from guardnet import (
+    A2DLayer,
     ContraNetLayer,
+    DeTReformer,
     GuardedModel,
     Normalize,
     NotCalibratedError,
@@ -37,6 +39,7 @@ from guardnet.layers import (
     register_layer,
 )
 from guardnet.nets.contranet import ContraNet
+from guardnet.nets.reformer import REFORMER_STYLES, ReformerSet
 from guardnet.recipes import GUARD_RECIPES
 from guardnet.weights import ARCHITECTURES, register_architecture, save_pretrained
 
@@ -433,8 +436,37 @@ def test_a_registered_layer_without_get_config_is_named(tmp_path: Path) -> None:
 # Layer configs
 # --------------------------------------------------------------------------------------------
 
+
+def _probe_classifier() -> nn.Module:
+    """A seeded linear classifier of 28x28 grey images (pooled to 8x8) for A2D and DeT."""
+    torch.manual_seed(5)
+    return nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Flatten(), nn.Linear(64, 10)).eval()
+
+
+PROBE_CLASSIFIER = _probe_classifier()
+
+
+def _a2d_example() -> A2DLayer:
+    layer = A2DLayer(
+        ["bim", "jsma"],
+        settings={"bim": {"eps": 0.5, "step": 0.005, "limit": 40}, "jsma": {"limit": 30}},
+        detector="vote",
+        min_benign_votes=1,
+    )
+    layer.fit(images(16, seed=4), PROBE_CLASSIFIER)
+    return layer
+
+
+def _det_example() -> DeTReformer:
+    torch.manual_seed(6)
+    nets = ReformerSet([{"in_channels": 1, **REFORMER_STYLES[s]} for s in ("plain", "wide")])
+    return DeTReformer(nets, num_samples=2, eps=0.1, seed=3, reject=True)
+
+
 #: One non-default example per registered layer type.
 LAYER_EXAMPLES: dict[str, Callable[[], Layer]] = {
+    "a2d": _a2d_example,
+    "det": _det_example,
     "saec": lambda: SAECLayer(p=4.0, kernels=("kv",), bins=32, value_range=(-0.1, 0.1)),
     "contranet": lambda: ContraNetLayer(
         ContraNet(
@@ -469,7 +501,7 @@ def test_get_config_round_trip(kind: str) -> None:
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == expected
     rebuilt.load_state_dict(layer.state_dict())
     x = images(3, seed=10)
-    inputs = LayerInput(images=x, labels=torch.tensor([1, 2, 3]))
+    inputs = LayerInput(images=x, labels=torch.tensor([1, 2, 3]), classifier=PROBE_CLASSIFIER)
     with torch.no_grad():
         assert torch.equal(rebuilt(inputs).scores, layer(inputs).scores)
 

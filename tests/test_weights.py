@@ -576,6 +576,14 @@ def test_registered_models_load_offline(entry: PretrainedEntry, no_network: list
         with torch.no_grad():
             rebuilt, scores = model(x, torch.tensor([0, 1]))
         assert rebuilt.shape == (2, channels, 32, 32) and scores.shape == (2, 3)
+    elif config["architecture"] == "ReformerSet":  # DeT's reformers: [0, 1] rebuilds
+        with torch.no_grad():
+            rebuilt = model(torch.rand(2, channels, height, width))
+        assert rebuilt.shape == (len(model), 2, channels, height, width)
+        assert bool(((rebuilt >= 0) & (rebuilt <= 1)).all())
+    elif config["architecture"] == "A2D":  # a fitted layer: costs become finite scores
+        scores = model.scores_from_costs(torch.full((2, len(model.attacks)), 10.0))
+        assert scores.shape == (2, len(model.attacks)) and bool(scores.isfinite().all())
     else:
         assert outputs(model, (2, channels, height, width)).shape == (2, config["num_classes"])
     card = (folder / "README.md").read_text()
