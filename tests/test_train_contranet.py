@@ -26,6 +26,7 @@ from guardnet.train import (
     ContraNetTrainSettings,
     contranet_from_checkpoint,
     evaluate_contranet,
+    joint_pgd_linf,
     latest_checkpoint,
     load_checkpoint,
     pgd_linf,
@@ -98,6 +99,38 @@ class TestHelpers:
         loss = nn.functional.cross_entropy
         assert loss(model(adv), y) > loss(model(x), y)
 
+    def test_joint_pgd_moves_both_models_within_a_smooth_budget(self) -> None:
+        torch.manual_seed(3)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
+        head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)).eval()
+        x = 0.3 + 0.4 * torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+        targets = torch.tensor([1, 2, 3, 0, 1, 2])
+        eps = torch.full((6,), 0.05)
+        eps[:3] = 0.02
+        g = torch.Generator().manual_seed(0)
+        adv = joint_pgd_linf(
+            net, lambda im, t: head(im), x, targets, eps, steps=10, resolution=4, generator=g
+        )
+        delta = adv - x
+        assert bool((delta.abs().flatten(1).amax(1) <= eps + 1e-6).all())
+        ce = nn.functional.cross_entropy
+        consistent = torch.ones(6, dtype=torch.long)
+        assert ce(net(adv), targets) < ce(net(x), targets)
+        assert ce(head(adv), consistent) < ce(head(x), consistent)
+        # No clipping here, so the perturbation is a bilinear upsampling of a 4x4 map: it lies
+        # in the 16-dimensional span of the upsampled basis maps.
+        basis = torch.eye(16).view(16, 1, 4, 4)
+        up = nn.functional.interpolate(basis, size=(8, 8), mode="bilinear", align_corners=False)
+        span = up.view(16, 64).T
+        flat = delta.reshape(18, 64).T
+        coeffs = torch.linalg.lstsq(span, flat).solution
+        torch.testing.assert_close(span @ coeffs, flat, atol=1e-5, rtol=0)
+        full = (
+            joint_pgd_linf(net, lambda im, t: head(im), x, targets, eps, steps=10, generator=g) - x
+        )
+        residual = span @ torch.linalg.lstsq(span, full.reshape(18, 64).T).solution
+        assert (residual - full.reshape(18, 64).T).abs().max() > 1e-3  # every pixel moves
+
     def test_settings_are_checked(self) -> None:
         with pytest.raises(ValueError, match="adv_fraction"):
             ContraNetTrainSettings(adv_fraction=1.5)
@@ -116,6 +149,14 @@ class TestHelpers:
             ContraNetTrainSettings(
                 dmm_pretrain_adversarial=True, dmm_pretrain_loss="supcon", adv_eps=()
             )
+        with pytest.raises(ValueError, match="adv_joint_fraction must be in"):
+            ContraNetTrainSettings(adv_joint_fraction=-0.1)
+        with pytest.raises(ValueError, match="adv_smooth_fraction must be in"):
+            ContraNetTrainSettings(adv_smooth_fraction=2.0)
+        with pytest.raises(ValueError, match="adv_smooth_resolution"):
+            ContraNetTrainSettings(adv_smooth_resolution=0)
+        with pytest.raises(ValueError, match="adv_num_targets"):
+            ContraNetTrainSettings(adv_num_targets=0)
         with pytest.raises(ValueError, match=r"dmm_augment must be None or one of .*'gtsrb'"):
             ContraNetTrainSettings(dmm_augment="imagenet")
 
@@ -330,6 +371,53 @@ class TestTraining:
         loss_clean = clean.history[1]["loss_supcon"]
         loss_attacked = attacked.history[1]["loss_supcon"]
         assert math.isfinite(loss_attacked) and loss_attacked != loss_clean
+
+    def test_joint_copies_attack_the_dmm_with_top_wrong_targets(self) -> None:
+        x, y = data()
+        settings = ContraNetTrainSettings(
+            batch_size=8, adv_fraction=1.0, adv_joint_fraction=0.5, adv_smooth_fraction=0.5,
+            adv_num_targets=2, adv_eps=(0.05,), adv_steps=3,
+        )  # fmt: skip
+        net = classifier()
+        trainer = _Trainer(TINY, settings, x, y, net, torch.device("cpu"), _Dist(), False)
+        trainer.dmm.train()
+        before = {k: v.clone() for k, v in trainer.dmm.state_dict().items()}
+        out = trainer.adversarial(x[:8], y[:8], joint=True)
+        assert out is not None
+        adv, y_true, y_neg, n_joint = out
+        assert n_joint == 4 and adv.shape == (8, 1, 32, 32) and torch.equal(y_true, y[:8])
+        assert bool((y_neg != y_true).all())
+        # Joint targets are among the classifier's two most likely wrong classes; where the
+        # attack reached its target, that is the negative label.
+        logits = net(x[:4]).scatter(1, y[:4, None], float("-inf"))
+        top2 = logits.topk(2, dim=1).indices
+        predicted = net(((adv[:4] + 1) / 2)[..., 2:30, 2:30]).argmax(dim=1)
+        hit = predicted != y[:4]
+        assert bool((y_neg[:4][~hit, None] == top2[~hit]).any(dim=1).all())
+        assert torch.equal(y_neg[:4][hit], predicted[hit])
+        # The attack leaves the DMM in training mode and its weights and gradients untouched.
+        assert trainer.dmm.training
+        assert all(torch.equal(v, trainer.dmm.state_dict()[k]) for k, v in before.items())
+        assert all(p.grad is None for p in trainer.dmm.parameters())
+        # Without ``joint`` (the dis and dmm_pretrain stages), every copy is PGD.
+        assert trainer.adversarial(x[:8], y[:8])[3] == 0  # type: ignore[index]
+
+    def test_joint_dmm_training_logs_how_many_joint_copies_it_flags(self, tmp_path) -> None:
+        x, y, kwargs, up_to_dis = run_up_to_dis(tmp_path / "plain")
+        shutil.copytree(tmp_path / "plain", tmp_path / "joint")
+        plain = dataclasses.replace(up_to_dis, dmm_epochs=1)
+        joint = dataclasses.replace(plain, adv_joint_fraction=1.0)
+        a = train_contranet(TINY, x, y, settings=plain, run_dir=tmp_path / "plain", **kwargs)
+        b = train_contranet(TINY, x, y, settings=joint, run_dir=tmp_path / "joint", **kwargs)
+        assert "acc_dmm_joint_negative" not in a.history[-1]
+        flagged = b.history[-1]["acc_dmm_joint_negative"]
+        assert 0.0 <= flagged <= 1.0
+        assert b.history[-1]["acc_dmm_adv_negative"] == flagged  # every copy is joint
+        assert a.history[-1]["loss_dmm"] != b.history[-1]["loss_dmm"]
+        # Once the dmm stage has run, the joint attack is part of the recipe.
+        longer = dataclasses.replace(plain, dmm_epochs=2)
+        with pytest.raises(CheckpointError, match="adv_joint_fraction"):
+            train_contranet(TINY, x, y, settings=longer, run_dir=tmp_path / "joint", **kwargs)
 
     def test_ce_pretraining_trains_class_heads_outside_the_model(self, tmp_path) -> None:
         x, y, kwargs, up_to_dis = run_up_to_dis(tmp_path)

@@ -1,6 +1,7 @@
-"""What ContraNet learns to reject: rebuilds under wrong labels and PGD copies of the classifier.
+"""What ContraNet learns to reject: rebuilds under wrong labels, PGD copies of the classifier
+and joint (adaptive) attacks on the classifier and the DMM.
 
-Both feed training only; evaluation attacks come from guardnet's attack library.
+All three feed training only; evaluation attacks come from guardnet's attack library.
 
 Example:
     >>> labels = torch.tensor([0, 1, 2, 3])
@@ -13,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["pgd_linf", "wrong_labels"]
+__all__ = ["joint_pgd_linf", "pgd_linf", "wrong_labels"]
 
 
 def wrong_labels(labels: Tensor, num_classes: int, generator: torch.Generator | None) -> Tensor:
@@ -58,3 +60,72 @@ def pgd_linf(
             classify, images, labels, eps=eps, alpha=2.5 * eps / steps, steps=steps,
             generator=generator,
         )  # fmt: skip
+
+
+def joint_pgd_linf(
+    classify: Callable[[Tensor], Tensor],
+    consistency: Callable[[Tensor, Tensor], Tensor],
+    images: Tensor,
+    targets: Tensor,
+    eps: Tensor,
+    *,
+    steps: int = 10,
+    resolution: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Targeted PGD-L-inf against the classifier and a consistency detector together.
+
+    The adaptive attacker of a detector that conditions on the predicted label (ContraNet's
+    DMM): it moves each image towards its target class and, at the same time, towards a
+    "consistent" verdict of the detector for ``(image, target)``. Each signed-gradient step
+    lowers ``CE(classify(x), target) + CE(consistency(x, target), consistent)``. With
+    ``resolution``, the optimised perturbation is ``resolution`` x ``resolution`` per channel,
+    bilinearly upsampled (the smooth parameterisation of
+    :class:`~guardnet.eval.attacks.smooth.SmoothPGD`, which a noise statistic does not see);
+    it stays within the ball because upsampling takes convex combinations.
+
+    Args:
+        classify: [0, 1] images -> logits.
+        consistency: ``([0, 1] images, labels) -> (B, 2)`` detector logits, index 1 meaning
+            "consistent"; differentiable in the images.
+        images: (B, C, H, W) in [0, 1].
+        targets: (B,) the labels the attacker wants.
+        eps: (B,) per-image budgets.
+        steps: iterations; the step size is ``2.5 * eps / steps``.
+        resolution: side of the low-resolution perturbation; None: every pixel.
+        generator: random generator of the uniform random start.
+
+    Returns:
+        (B, C, H, W) adversarial images in [0, 1], detached.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+        >>> head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+        >>> x = torch.rand(2, 3, 8, 8)
+        >>> adv = joint_pgd_linf(net, lambda im, t: head(im), x, torch.tensor([1, 2]),
+        ...                      torch.full((2,), 0.1), steps=3, resolution=4)
+        >>> bool(((adv - x).abs() <= 0.1 + 1e-6).all())
+        True
+    """
+    b, c, h, w = images.shape
+    shape = (b, c, h, w) if resolution is None else (b, c, min(resolution, h), min(resolution, w))
+    radius = eps.view(-1, 1, 1, 1).to(images.dtype)
+    alpha = 2.5 * radius / steps
+    start = torch.rand(shape, generator=generator, device=images.device, dtype=images.dtype)
+    param = (start * 2 - 1) * radius
+    consistent = torch.ones_like(targets)
+
+    def perturb(p: Tensor) -> Tensor:
+        if p.shape[-2:] != images.shape[-2:]:
+            p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+        return (images + p).clamp(0, 1)
+
+    with torch.enable_grad():
+        for _ in range(steps):
+            param = param.detach().requires_grad_(True)
+            adv = perturb(param)
+            loss = F.cross_entropy(classify(adv), targets, reduction="sum")
+            loss = loss + F.cross_entropy(consistency(adv, targets), consistent, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, param)
+            param = torch.minimum(torch.maximum(param - alpha * grad.sign(), -radius), radius)
+    return perturb(param.detach()).detach()

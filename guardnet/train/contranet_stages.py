@@ -195,7 +195,7 @@ def run_dis(t: ContraNetTrainer, desc: str) -> dict[str, Tensor]:
     opt = t.optimizers["dis"]
     totals = _Totals(dev)
     for native, x, y in t.batches(desc):
-        inputs, index, labels, target, _ = t.consistency_pairs(native, x, y)
+        inputs, index, labels, target, _, _ = t.consistency_pairs(native, x, y)
         rebuilt = t.rebuild(inputs, labels, index)
         opt.zero_grad(set_to_none=True)
         logits = dis(rebuilt, labels)
@@ -260,7 +260,12 @@ def run_dmm_pretrain(t: ContraNetTrainer, desc: str) -> dict[str, Tensor]:
 
 
 def run_dmm(t: ContraNetTrainer, desc: str) -> dict[str, Tensor]:
-    """One ``dmm`` epoch: the whole DMM, cross-entropy on consistent vs inconsistent pairs."""
+    """One ``dmm`` epoch: the whole DMM, cross-entropy on consistent vs inconsistent pairs.
+
+    With ``adv_joint_fraction`` > 0, part of the adversarial pairs come from joint attacks on
+    the classifier and the DMM being trained (adversarial training of the DMM against the
+    adaptive attacker); ``acc_dmm_joint_negative`` is the share of them it flags.
+    """
     ctx, dev = t.ctx, t.device
     t.freeze_rebuilder()
     t.start_dmm_from_classifier()
@@ -269,7 +274,9 @@ def run_dmm(t: ContraNetTrainer, desc: str) -> dict[str, Tensor]:
     opt = t.optimizers["dmm"]
     totals = _Totals(dev)
     for native, x, y in t.dmm_batches(desc):
-        inputs, index, labels, consistent, n_adv = t.consistency_pairs(native, x, y)
+        inputs, index, labels, consistent, n_adv, n_joint = t.consistency_pairs(
+            native, x, y, joint=True
+        )
         target = consistent.long()
         rebuilt = t.rebuild(inputs, labels, index)
         opt.zero_grad(set_to_none=True)
@@ -282,6 +289,8 @@ def run_dmm(t: ContraNetTrainer, desc: str) -> dict[str, Tensor]:
         if n_adv:
             negative = logits[-n_adv:].argmax(dim=1) == 0
             totals.add(acc_dmm_adv_negative=negative.float().mean())
+            if n_joint:
+                totals.add(acc_dmm_joint_negative=negative[:n_joint].float().mean())
     return totals.mean()
 
 

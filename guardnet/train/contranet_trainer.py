@@ -28,7 +28,7 @@ from guardnet.nets.contranet import (
     ContraNetDiscriminator,
     to_unit_range,
 )
-from guardnet.train.adversarial import pgd_linf, wrong_labels
+from guardnet.train.adversarial import joint_pgd_linf, pgd_linf, wrong_labels
 from guardnet.train.augment import default_augmentation, diff_augmentation
 from guardnet.train.distributed import DistContext
 from guardnet.train.settings import STAGE_ONLY_SETTINGS, STAGES, ContraNetTrainSettings
@@ -287,8 +287,15 @@ class ContraNetTrainer:
             return x
         return self.augment((x + 1) / 2) * 2 - 1
 
-    def adversarial(self, native: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
-        """PGD copies of a share of the batch: (x_adv in [-1, 1], y_true, y_negative)."""
+    def adversarial(
+        self, native: Tensor, labels: Tensor, *, joint: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, int] | None:
+        """Adversarial copies of a share of the batch: ``(x_adv in [-1, 1], y_true, y_negative,
+        n_joint)``.
+
+        PGD copies of the classifier; with ``joint`` (the ``dmm`` stage), the first ``n_joint``
+        (``adv_joint_fraction`` of them) come from :meth:`joint_adversarial` instead.
+        """
         s = self.s
         count = round(native.shape[0] * s.adv_fraction)
         if self.classify is None or not s.adv_eps or count == 0:
@@ -296,14 +303,87 @@ class ContraNetTrainer:
         native, labels = native[:count], labels[:count]
         budgets = torch.tensor(s.adv_eps, device=self.device)
         pick = torch.randint(len(s.adv_eps), (count,), generator=self.noise, device=self.device)
-        adv = pgd_linf(
-            self.classify, native, labels, budgets[pick], steps=s.adv_steps, generator=self.noise
-        )
+        eps = budgets[pick]
+        n_joint = round(count * s.adv_joint_fraction) if joint else 0
+        parts: list[Tensor] = []
+        targets: Tensor | None = None
+        if n_joint:
+            adv_joint, targets = self.joint_adversarial(
+                native[:n_joint], labels[:n_joint], eps[:n_joint]
+            )
+            parts.append(adv_joint)
+        if n_joint < count:
+            parts.append(
+                pgd_linf(
+                    self.classify,
+                    native[n_joint:],
+                    labels[n_joint:],
+                    eps[n_joint:],
+                    steps=s.adv_steps,
+                    generator=self.noise,
+                )
+            )
+        adv = torch.cat(parts)
         with torch.no_grad():
             predicted = self.classify(adv).argmax(dim=1)
-        # Where the attack failed, the negative label is a random wrong one instead.
-        negative = torch.where(predicted != labels, predicted, self.wrong(labels))
-        return to_unit_range(adv), labels, negative
+        # Where the attack failed, the negative label is the joint attack's target or, for a
+        # PGD copy, a random wrong one.
+        fallback = self.wrong(labels)
+        if targets is not None:
+            fallback = torch.cat([targets, fallback[n_joint:]])
+        negative = torch.where(predicted != labels, predicted, fallback)
+        return to_unit_range(adv), labels, negative, n_joint
+
+    def joint_adversarial(
+        self, native: Tensor, labels: Tensor, eps: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Joint attacks on the classifier and the current DMM: ``(adversarial images in
+        [0, 1], targets)``.
+
+        Each image is pushed towards one of the classifier's ``adv_num_targets`` most likely
+        wrong classes (drawn per image) while the DMM is pushed to call the pair
+        ``(image, G(E(image), target))`` consistent (:func:`joint_pgd_linf`, gradients through E
+        and G); the first ``adv_smooth_fraction`` of them use a smooth
+        ``adv_smooth_resolution`` perturbation. The DMM is in eval mode while attacked.
+        """
+        s = self.s
+        n = native.shape[0]
+        assert self.classify is not None
+        with torch.no_grad():
+            logits = self.classify(native)
+        k = min(s.adv_num_targets, self.config.num_classes - 1)
+        ranked = logits.scatter(1, labels[:, None], float("-inf")).topk(k, dim=1).indices
+        choice = torch.randint(k, (n, 1), generator=self.noise, device=self.device)
+        targets = ranked.gather(1, choice).squeeze(1)
+
+        def consistency(images: Tensor, y: Tensor) -> Tensor:
+            x = to_unit_range(images)
+            return self.dmm(x, self.g_ema(self.encoder(x)[0], y), y)
+
+        n_smooth = round(n * s.adv_smooth_fraction)
+        was_training = self.dmm.training
+        self.dmm.eval()
+        try:
+            parts = [
+                joint_pgd_linf(
+                    self.classify,
+                    consistency,
+                    native[rows],
+                    targets[rows],
+                    eps[rows],
+                    steps=s.adv_steps,
+                    resolution=resolution,
+                    generator=self.noise,
+                )
+                for rows, resolution in (
+                    (slice(0, n_smooth), s.adv_smooth_resolution),
+                    (slice(n_smooth, n), None),
+                )
+                if rows.stop > rows.start
+            ]
+        finally:
+            self.dmm.train(was_training)
+        return torch.cat(parts), targets
 
     # ---------------------------------------------------------------- rebuilds
     def rebuild(self, x: Tensor, labels: Tensor, index: Tensor | None = None) -> Tensor:
@@ -320,24 +400,25 @@ class ContraNetTrainer:
         self.g_ema.eval()
 
     def consistency_pairs(
-        self, native: Tensor, x: Tensor, y: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        self, native: Tensor, x: Tensor, y: Tensor, *, joint: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, int, int]:
         """Inputs, the labels to rebuild them under, and which pairs are consistent.
 
-        Clean images under their true and a wrong label; with a classifier, also their PGD
-        copies under the true label (consistent) and the attack's label (not). Each input is
-        returned once and pair ``i`` reads ``inputs[index[i]]``, so encoder and F_real see it
-        once. Returns ``(inputs, index, labels, consistent, n_adv)``; the last ``n_adv`` pairs
-        are the adversarial negatives.
+        Clean images under their true and a wrong label; with a classifier, also their
+        adversarial copies (:meth:`adversarial`, ``joint`` passed on) under the true label
+        (consistent) and the attack's label (not). Each input is returned once and pair ``i``
+        reads ``inputs[index[i]]``, so encoder and F_real see it once. Returns ``(inputs, index,
+        labels, consistent, n_adv, n_joint)``; the last ``n_adv`` pairs are the adversarial
+        negatives, the first ``n_joint`` of them those of joint attacks.
         """
         b = x.shape[0]
         rows = torch.arange(b, device=x.device)
         inputs, index = [x], [rows, rows]
         labels, consistent = [y, self.wrong(y)], [True, False]
-        adv = self.adversarial(native, y)
-        n_adv = 0
+        adv = self.adversarial(native, y, joint=joint)
+        n_adv = n_joint = 0
         if adv is not None:
-            x_adv, y_true, y_neg = adv
+            x_adv, y_true, y_neg, n_joint = adv
             n_adv = x_adv.shape[0]
             adv_rows = torch.arange(b, b + n_adv, device=x.device)
             inputs.append(x_adv)
@@ -350,7 +431,7 @@ class ContraNetTrainer:
                 for lab, c in zip(labels, consistent, strict=True)
             ]
         )
-        return torch.cat(inputs), torch.cat(index), torch.cat(labels), target, n_adv
+        return torch.cat(inputs), torch.cat(index), torch.cat(labels), target, n_adv, n_joint
 
     def start_dmm_from_classifier(self) -> None:
         """With ``dmm_init_from_classifier``, before the first DMM epoch: copy the classifier."""

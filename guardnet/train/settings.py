@@ -101,6 +101,10 @@ STAGE_ONLY_SETTINGS: dict[str, tuple[str, ...]] = {
     "dmm_pretrain_adversarial": ("dmm_pretrain",),
     "dmm_init_from_classifier": _DMM_STAGES,
     "dmm_augment": _DMM_STAGES,
+    "adv_joint_fraction": ("dmm",),
+    "adv_smooth_fraction": ("dmm",),
+    "adv_smooth_resolution": ("dmm",),
+    "adv_num_targets": ("dmm",),
 }
 
 
@@ -129,6 +133,19 @@ class ContraNetTrainSettings:
             classifier in the ``dis`` and ``dmm`` stages, one drawn per image; empty: none.
         adv_steps: PGD steps of those examples.
         adv_fraction: share of each batch that gets an adversarial copy.
+        adv_joint_fraction: in the ``dmm`` stage, share of those copies made by a joint attack
+            on the classifier and the DMM being trained instead of PGD on the classifier
+            (:func:`~guardnet.train.adversarial.joint_pgd_linf`): each is pushed towards one of
+            the classifier's ``adv_num_targets`` most likely wrong classes while the DMM is
+            pushed to call it consistent with its rebuild under that class, the adaptive
+            attacker of the evaluation. 0 (the default): none; the DMM then only sees attacks
+            on the classifier, which an attacker who knows the DMM pushes under its threshold.
+        adv_smooth_fraction: share of the joint copies whose perturbation is a smooth
+            ``adv_smooth_resolution`` x ``adv_smooth_resolution`` map per channel, bilinearly
+            upsampled (the parameterisation noise statistics such as SAEC do not see).
+        adv_smooth_resolution: side of that low-resolution perturbation.
+        adv_num_targets: joint attacks target one of the classifier's this many most likely
+            wrong classes, drawn per image.
         dmm_pretrain_loss: metric loss of ``dmm_pretrain``: ``"triplet"`` (the authors'
             cross-modal batch-hard triplet) or ``"supcon"`` (supervised contrastive, Khosla et
             al. 2020, over both modalities: every same-class input or rebuild in the batch is a
@@ -183,6 +200,10 @@ class ContraNetTrainSettings:
     adv_eps: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
     adv_steps: int = 10
     adv_fraction: float = 0.5
+    adv_joint_fraction: float = 0.0
+    adv_smooth_fraction: float = 0.5
+    adv_smooth_resolution: int = 8
+    adv_num_targets: int = 3
     dmm_pretrain_loss: str = "triplet"
     triplet_margin: float = 0.2
     supcon_temperature: float = 0.1
@@ -201,6 +222,15 @@ class ContraNetTrainSettings:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         if not 0.0 <= self.adv_fraction <= 1.0:
             raise ValueError(f"adv_fraction must be in [0, 1], got {self.adv_fraction}")
+        for name in ("adv_joint_fraction", "adv_smooth_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.adv_smooth_resolution < 1:
+            raise ValueError(
+                f"adv_smooth_resolution must be >= 1, got {self.adv_smooth_resolution}"
+            )
+        if self.adv_num_targets < 1:
+            raise ValueError(f"adv_num_targets must be >= 1, got {self.adv_num_targets}")
         if any(not 0 < e <= 1 for e in self.adv_eps):
             raise ValueError(f"adv_eps must lie in (0, 1], got {self.adv_eps}")
         if not 0.0 <= self.ema_decay < 1.0:
