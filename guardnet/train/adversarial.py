@@ -107,6 +107,8 @@ def joint_pgd_linf(
         >>> bool(((adv - x).abs() <= 0.1 + 1e-6).all())
         True
     """
+    from guardnet.eval.attacks.smooth import upsample_perturbation
+
     b, c, h, w = images.shape
     shape = (b, c, h, w) if resolution is None else (b, c, min(resolution, h), min(resolution, w))
     radius = eps.view(-1, 1, 1, 1).to(images.dtype)
@@ -116,9 +118,7 @@ def joint_pgd_linf(
     consistent = torch.ones_like(targets)
 
     def perturb(p: Tensor) -> Tensor:
-        if p.shape[-2:] != images.shape[-2:]:
-            p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
-        return (images + p).clamp(0, 1)
+        return (images + upsample_perturbation(p, (h, w))).clamp(0, 1)
 
     with torch.enable_grad():
         for _ in range(steps):
