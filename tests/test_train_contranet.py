@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -401,6 +402,70 @@ class TestTraining:
         assert all(p.grad is None for p in trainer.dmm.parameters())
         # Without ``joint`` (the dis and dmm_pretrain stages), every copy is PGD.
         assert trainer.adversarial(x[:8], y[:8])[3] == 0  # type: ignore[index]
+
+    def test_self_attack_copies_attack_f_real_not_the_classifier(self) -> None:
+        x, y = data()
+        with pytest.raises(ValueError, match="dmm_pretrain_attack must be one of"):
+            ContraNetTrainSettings(dmm_pretrain_attack="dmm")
+        with pytest.raises(ValueError, match="'self' needs dmm_pretrain_loss 'ce'"):
+            ContraNetTrainSettings(dmm_pretrain_attack="self", dmm_pretrain_loss="supcon")
+        settings = ContraNetTrainSettings(
+            batch_size=8, adv_fraction=0.5, adv_eps=(0.1,), adv_steps=5, dmm_pretrain_loss="ce",
+            dmm_pretrain_adversarial=True, dmm_pretrain_attack="self",
+        )  # fmt: skip
+        calls = []
+
+        def classify(images: torch.Tensor) -> torch.Tensor:
+            calls.append(images.shape[0])
+            return classifier()(images)
+
+        trainer = _Trainer(TINY, settings, x, y, classify, torch.device("cpu"), _Dist(), False)
+        trainer.dmm.train()
+        before = {k: v.clone() for k, v in trainer.dmm.state_dict().items()}
+        out = trainer.adversarial(x[:8], y[:8], self_attack=True)
+        assert out is not None and not calls  # the classifier is not attacked
+        adv, y_true, y_neg, n_joint = out
+        assert adv.shape == (4, 1, 32, 32) and n_joint == 0 and torch.equal(y_true, y[:4])
+        assert bool((y_neg != y_true).all())
+        adv01 = ((adv + 1) / 2)[..., 2:30, 2:30]
+        assert float((adv01 - x[:4]).abs().max()) <= 0.1 + 1e-6
+        assert float(adv01.min()) >= 0.0 and float(adv01.max()) <= 1.0
+        # The copies raise F_real's own loss (eval mode, as attacked), and the attack leaves
+        # F_real in training mode with its weights, batch-norm statistics and gradients as
+        # they were.
+        trainer.dmm.f_real.eval()
+        with torch.no_grad():
+            loss_clean = F.cross_entropy(trainer.real_head_logits(x[:4]), y[:4])
+            loss_adv = F.cross_entropy(trainer.real_head_logits(adv01), y[:4])
+        assert float(loss_adv) > float(loss_clean)
+        trainer.dmm.train()
+        assert trainer.dmm.f_real.training
+        assert all(torch.equal(v, trainer.dmm.state_dict()[k]) for k, v in before.items())
+        assert all(p.grad is None for p in trainer.dmm.parameters())
+        plain = dataclasses.replace(
+            settings, dmm_pretrain_attack="classifier", dmm_pretrain_loss="supcon"
+        )
+        headless = _Trainer(TINY, plain, x, y, classify, torch.device("cpu"), _Dist(), False)
+        with pytest.raises(ValueError, match="needs dmm_pretrain_loss 'ce'"):
+            headless.real_head_logits(x[:2])
+
+    def test_self_adversarial_pretraining_trains_on_f_real_copies(self, tmp_path) -> None:
+        x, y, kwargs, up_to_dis = run_up_to_dis(tmp_path / "classifier")
+        shutil.copytree(tmp_path / "classifier", tmp_path / "self")
+        ce = dataclasses.replace(
+            up_to_dis, dmm_pretrain_epochs=1, dmm_pretrain_loss="ce", dmm_pretrain_adversarial=True
+        )
+        own = dataclasses.replace(ce, dmm_pretrain_attack="self")
+        a = train_contranet(TINY, x, y, settings=ce, run_dir=tmp_path / "classifier", **kwargs)
+        b = train_contranet(TINY, x, y, settings=own, run_dir=tmp_path / "self", **kwargs)
+        assert 0.0 <= b.history[-1]["acc_real_adv"] <= 1.0
+        assert a.history[-1]["loss_ce"] != b.history[-1]["loss_ce"]
+        # Part of the dmm_pretrain recipe once that stage has run; it needs no classifier.
+        longer = dataclasses.replace(ce, dmm_pretrain_epochs=2)
+        with pytest.raises(CheckpointError, match="dmm_pretrain_attack"):
+            train_contranet(TINY, x, y, settings=longer, run_dir=tmp_path / "self", **kwargs)
+        no_dis = dataclasses.replace(own, gan_epochs=1, dis_epochs=0)
+        assert train_contranet(TINY, x, y, settings=no_dis, progress=False, log=None).model
 
     def test_joint_dmm_training_logs_how_many_joint_copies_it_flags(self, tmp_path) -> None:
         x, y, kwargs, up_to_dis = run_up_to_dis(tmp_path / "plain")

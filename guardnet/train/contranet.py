@@ -196,7 +196,12 @@ def train_contranet(
             f"labels must lie in [0, {config.num_classes}), got [{int(labels.min())}, "
             f"{int(labels.max())}]"
         )
-    if settings.dmm_pretrain_adversarial and settings.dmm_pretrain_epochs and classify is None:
+    if (
+        settings.dmm_pretrain_adversarial
+        and settings.dmm_pretrain_attack == "classifier"
+        and settings.dmm_pretrain_epochs
+        and classify is None
+    ):
         raise ValueError("dmm_pretrain_adversarial needs the classifier (classify) to attack")
     if settings.dmm_init_from_classifier:
         if config.dmm_backbone != "resnet20":

@@ -211,8 +211,9 @@ def run_dmm_pretrain(t: ContraNetTrainer, desc: str) -> dict[str, Tensor]:
     """One ``dmm_pretrain`` epoch: F_real and F_syn with the ``dmm_pretrain_loss``.
 
     ``triplet`` or ``supcon`` on (input, true-label rebuild) features, or ``ce`` through the
-    training-only class heads; with ``dmm_pretrain_adversarial`` PGD copies join the inputs
-    under their true class.
+    training-only class heads; with ``dmm_pretrain_adversarial`` PGD copies (of the classifier,
+    or of F_real itself with ``dmm_pretrain_attack="self"``) join the inputs under their true
+    class.
     """
     ctx, dev = t.ctx, t.device
     t.freeze_rebuilder()
@@ -229,7 +230,11 @@ def run_dmm_pretrain(t: ContraNetTrainer, desc: str) -> dict[str, Tensor]:
     for native, x, y in t.dmm_batches(desc):
         rebuilt = t.rebuild(x, y)
         inputs, input_labels = x, y
-        adv = t.adversarial(native, y) if t.s.dmm_pretrain_adversarial else None
+        adv = (
+            t.adversarial(native, y, self_attack=t.s.dmm_pretrain_attack == "self")
+            if t.s.dmm_pretrain_adversarial
+            else None
+        )
         if adv is not None:
             inputs, input_labels = torch.cat([x, adv[0]]), torch.cat([y, adv[1]])
         for opt in opts:

@@ -288,17 +288,23 @@ class ContraNetTrainer:
         return self.augment((x + 1) / 2) * 2 - 1
 
     def adversarial(
-        self, native: Tensor, labels: Tensor, *, joint: bool = False
+        self, native: Tensor, labels: Tensor, *, joint: bool = False, self_attack: bool = False
     ) -> tuple[Tensor, Tensor, Tensor, int] | None:
         """Adversarial copies of a share of the batch: ``(x_adv in [-1, 1], y_true, y_negative,
         n_joint)``.
 
         PGD copies of the classifier; with ``joint`` (the ``dmm`` stage), the first ``n_joint``
-        (``adv_joint_fraction`` of them) come from :meth:`joint_adversarial` instead.
+        (``adv_joint_fraction`` of them) come from :meth:`joint_adversarial` instead; with
+        ``self_attack`` (``dmm_pretrain_attack="self"``), PGD copies of F_real and its class
+        head (:meth:`real_head_logits`) instead of the classifier's.
         """
         s = self.s
         count = round(native.shape[0] * s.adv_fraction)
-        if self.classify is None or not s.adv_eps or count == 0:
+        if not s.adv_eps or count == 0:
+            return None
+        if self_attack:
+            return self._self_adversarial(native[:count], labels[:count])
+        if self.classify is None:
             return None
         native, labels = native[:count], labels[:count]
         budgets = torch.tensor(s.adv_eps, device=self.device)
@@ -333,6 +339,39 @@ class ContraNetTrainer:
             fallback = torch.cat([targets, fallback[n_joint:]])
         negative = torch.where(predicted != labels, predicted, fallback)
         return to_unit_range(adv), labels, negative, n_joint
+
+    def real_head_logits(self, images: Tensor) -> Tensor:
+        """F_real's class logits (through the ``ce`` head) of [0, 1] images."""
+        if self.class_heads is None:
+            raise ValueError("real_head_logits needs dmm_pretrain_loss 'ce' (the class heads)")
+        return self.class_heads.real(self.dmm.f_real(to_unit_range(images)))
+
+    def _self_adversarial(
+        self, native: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, int]:
+        """PGD copies of F_real's own class head, budgets drawn from ``adv_eps``.
+
+        F_real is in eval mode while attacked, so the attack does not move its batch-norm
+        statistics. The negative label is F_real's label of the copy where the attack
+        succeeded, a random wrong one elsewhere.
+        """
+        s = self.s
+        budgets = torch.tensor(s.adv_eps, device=self.device)
+        pick = torch.randint(len(s.adv_eps), (native.shape[0],), generator=self.noise,
+                             device=self.device)  # fmt: skip
+        was_training = self.dmm.f_real.training
+        self.dmm.f_real.eval()
+        try:
+            adv = pgd_linf(
+                self.real_head_logits, native, labels, budgets[pick], steps=s.adv_steps,
+                generator=self.noise,
+            )  # fmt: skip
+            with torch.no_grad():
+                predicted = self.real_head_logits(adv).argmax(dim=1)
+        finally:
+            self.dmm.f_real.train(was_training)
+        negative = torch.where(predicted != labels, predicted, self.wrong(labels))
+        return to_unit_range(adv), labels, negative, 0
 
     def joint_adversarial(
         self, native: Tensor, labels: Tensor, eps: Tensor

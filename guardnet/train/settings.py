@@ -26,6 +26,7 @@ from guardnet.train.augment import AUGMENTED_DATASETS
 
 __all__ = [
     "CONTRANET_DATASET_DEFAULTS",
+    "PRETRAIN_ATTACKS",
     "PRETRAIN_LOSSES",
     "STAGES",
     "STAGE_ONLY_SETTINGS",
@@ -91,6 +92,7 @@ class TrainSettings:
 
 STAGES = ("gan", "aux", "dis", "dmm_pretrain", "dmm")
 PRETRAIN_LOSSES = ("triplet", "supcon", "ce")
+PRETRAIN_ATTACKS = ("classifier", "self")
 # Settings read by the DMM stages only: a resumed run may change them until the first of the
 # listed stages has begun (e.g. branch a finished generator into another DMM recipe).
 _DMM_STAGES = ("dmm_pretrain", "dmm")
@@ -99,6 +101,7 @@ STAGE_ONLY_SETTINGS: dict[str, tuple[str, ...]] = {
     "triplet_margin": ("dmm_pretrain",),
     "supcon_temperature": ("dmm_pretrain",),
     "dmm_pretrain_adversarial": ("dmm_pretrain",),
+    "dmm_pretrain_attack": ("dmm_pretrain",),
     "dmm_init_from_classifier": _DMM_STAGES,
     "dmm_augment": _DMM_STAGES,
     "adv_joint_fraction": ("dmm",),
@@ -208,6 +211,7 @@ class ContraNetTrainSettings:
     triplet_margin: float = 0.2
     supcon_temperature: float = 0.1
     dmm_pretrain_adversarial: bool = False
+    dmm_pretrain_attack: str = "classifier"
     dmm_init_from_classifier: bool = False
     dmm_augment: str | None = None
     seed: int = 0
@@ -253,6 +257,16 @@ class ContraNetTrainSettings:
         if self.dmm_pretrain_adversarial and not (self.adv_eps and self.adv_fraction > 0):
             raise ValueError(
                 "dmm_pretrain_adversarial needs a non-empty adv_eps and adv_fraction > 0"
+            )
+        if self.dmm_pretrain_attack not in PRETRAIN_ATTACKS:
+            raise ValueError(
+                f"dmm_pretrain_attack must be one of {PRETRAIN_ATTACKS}, "
+                f"got {self.dmm_pretrain_attack!r}"
+            )
+        if self.dmm_pretrain_attack == "self" and self.dmm_pretrain_loss != "ce":
+            raise ValueError(
+                "dmm_pretrain_attack 'self' needs dmm_pretrain_loss 'ce' (PGD attacks F_real "
+                f"through its class head), got {self.dmm_pretrain_loss!r}"
             )
         if self.dmm_augment is not None and self.dmm_augment not in AUGMENTED_DATASETS:
             raise ValueError(
