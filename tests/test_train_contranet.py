@@ -467,6 +467,31 @@ class TestTraining:
         no_dis = dataclasses.replace(own, gan_epochs=1, dis_epochs=0)
         assert train_contranet(TINY, x, y, settings=no_dis, progress=False, log=None).model
 
+    def test_joint_attack_steps_are_their_own_setting(self) -> None:
+        x, y = data()
+        with pytest.raises(ValueError, match="adv_joint_steps must be None or >= 1"):
+            ContraNetTrainSettings(adv_joint_steps=0)
+        net = classifier()
+        calls = []
+
+        def classify(images: torch.Tensor) -> torch.Tensor:
+            calls.append(images.shape[0])
+            return net(images)
+
+        def joint_calls(**overrides: int | None) -> int:
+            settings = ContraNetTrainSettings(
+                batch_size=8, adv_fraction=1.0, adv_joint_fraction=1.0, adv_smooth_fraction=0.0,
+                adv_eps=(0.05,), adv_steps=3, **overrides,
+            )  # fmt: skip
+            trainer = _Trainer(TINY, settings, x, y, classify, torch.device("cpu"), _Dist(), False)
+            calls.clear()
+            trainer.joint_adversarial(x[:4], y[:4], torch.full((4,), 0.05))
+            return len(calls)
+
+        default, longer = joint_calls(), joint_calls(adv_joint_steps=7)
+        assert default == joint_calls(adv_joint_steps=3)  # None means adv_steps
+        assert longer - default == 4  # one classifier call per extra step
+
     def test_joint_dmm_training_logs_how_many_joint_copies_it_flags(self, tmp_path) -> None:
         x, y, kwargs, up_to_dis = run_up_to_dis(tmp_path / "plain")
         shutil.copytree(tmp_path / "plain", tmp_path / "joint")

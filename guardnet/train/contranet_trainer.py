@@ -410,7 +410,7 @@ class ContraNetTrainer:
                     native[rows],
                     targets[rows],
                     eps[rows],
-                    steps=s.adv_steps,
+                    steps=s.adv_steps if s.adv_joint_steps is None else s.adv_joint_steps,
                     resolution=resolution,
                     generator=self.noise,
                 )

@@ -108,6 +108,7 @@ STAGE_ONLY_SETTINGS: dict[str, tuple[str, ...]] = {
     "adv_smooth_fraction": ("dmm",),
     "adv_smooth_resolution": ("dmm",),
     "adv_num_targets": ("dmm",),
+    "adv_joint_steps": ("dmm",),
 }
 
 
@@ -149,6 +150,9 @@ class ContraNetTrainSettings:
         adv_smooth_resolution: side of that low-resolution perturbation.
         adv_num_targets: joint attacks target one of the classifier's this many most likely
             wrong classes, drawn per image.
+        adv_joint_steps: steps of the joint attacks (``None``: ``adv_steps``). The evaluation's
+            adaptive attacks take 50: a much weaker training attack may teach the DMM to resist
+            only the weak one.
         dmm_pretrain_loss: metric loss of ``dmm_pretrain``: ``"triplet"`` (the authors'
             cross-modal batch-hard triplet) or ``"supcon"`` (supervised contrastive, Khosla et
             al. 2020, over both modalities: every same-class input or rebuild in the batch is a
@@ -207,6 +211,7 @@ class ContraNetTrainSettings:
     adv_smooth_fraction: float = 0.5
     adv_smooth_resolution: int = 8
     adv_num_targets: int = 3
+    adv_joint_steps: int | None = None
     dmm_pretrain_loss: str = "triplet"
     triplet_margin: float = 0.2
     supcon_temperature: float = 0.1
@@ -241,6 +246,8 @@ class ContraNetTrainSettings:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.adv_steps < 1:
             raise ValueError(f"adv_steps must be >= 1, got {self.adv_steps}")
+        if self.adv_joint_steps is not None and self.adv_joint_steps < 1:
+            raise ValueError(f"adv_joint_steps must be None or >= 1, got {self.adv_joint_steps}")
         if self.dmm_pretrain_loss not in PRETRAIN_LOSSES:
             raise ValueError(
                 f"dmm_pretrain_loss must be one of {PRETRAIN_LOSSES}, "
