@@ -300,38 +300,39 @@ class ContraNetTrainer:
         """
         s = self.s
         count = round(native.shape[0] * s.adv_fraction)
-        if not s.adv_eps or count == 0:
-            return None
-        if self_attack:
-            return self._self_adversarial(native[:count], labels[:count])
-        if self.classify is None:
+        if not s.adv_eps or count == 0 or (self.classify is None and not self_attack):
             return None
         native, labels = native[:count], labels[:count]
         budgets = torch.tensor(s.adv_eps, device=self.device)
         pick = torch.randint(len(s.adv_eps), (count,), generator=self.noise, device=self.device)
         eps = budgets[pick]
-        n_joint = round(count * s.adv_joint_fraction) if joint else 0
-        parts: list[Tensor] = []
+        n_joint = 0
         targets: Tensor | None = None
-        if n_joint:
-            adv_joint, targets = self.joint_adversarial(
-                native[:n_joint], labels[:n_joint], eps[:n_joint]
-            )
-            parts.append(adv_joint)
-        if n_joint < count:
-            parts.append(
-                pgd_linf(
-                    self.classify,
-                    native[n_joint:],
-                    labels[n_joint:],
-                    eps[n_joint:],
-                    steps=s.adv_steps,
-                    generator=self.noise,
+        if self_attack:
+            adv, predicted = self._self_adversarial(native, labels, eps)
+        else:
+            assert self.classify is not None
+            n_joint = round(count * s.adv_joint_fraction) if joint else 0
+            parts: list[Tensor] = []
+            if n_joint:
+                adv_joint, targets = self.joint_adversarial(
+                    native[:n_joint], labels[:n_joint], eps[:n_joint]
                 )
-            )
-        adv = torch.cat(parts)
-        with torch.no_grad():
-            predicted = self.classify(adv).argmax(dim=1)
+                parts.append(adv_joint)
+            if n_joint < count:
+                parts.append(
+                    pgd_linf(
+                        self.classify,
+                        native[n_joint:],
+                        labels[n_joint:],
+                        eps[n_joint:],
+                        steps=s.adv_steps,
+                        generator=self.noise,
+                    )
+                )
+            adv = torch.cat(parts)
+            with torch.no_grad():
+                predicted = self.classify(adv).argmax(dim=1)
         # Where the attack failed, the negative label is the joint attack's target or, for a
         # PGD copy, a random wrong one.
         fallback = self.wrong(labels)
@@ -347,31 +348,24 @@ class ContraNetTrainer:
         return self.class_heads.real(self.dmm.f_real(to_unit_range(images)))
 
     def _self_adversarial(
-        self, native: Tensor, labels: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, int]:
-        """PGD copies of F_real's own class head, budgets drawn from ``adv_eps``.
+        self, native: Tensor, labels: Tensor, eps: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """PGD copies of F_real's own class head: ``(copies in [0, 1], F_real's labels)``.
 
         F_real is in eval mode while attacked, so the attack does not move its batch-norm
-        statistics. The negative label is F_real's label of the copy where the attack
-        succeeded, a random wrong one elsewhere.
+        statistics.
         """
-        s = self.s
-        budgets = torch.tensor(s.adv_eps, device=self.device)
-        pick = torch.randint(len(s.adv_eps), (native.shape[0],), generator=self.noise,
-                             device=self.device)  # fmt: skip
         was_training = self.dmm.f_real.training
         self.dmm.f_real.eval()
         try:
             adv = pgd_linf(
-                self.real_head_logits, native, labels, budgets[pick], steps=s.adv_steps,
+                self.real_head_logits, native, labels, eps, steps=self.s.adv_steps,
                 generator=self.noise,
             )  # fmt: skip
             with torch.no_grad():
-                predicted = self.real_head_logits(adv).argmax(dim=1)
+                return adv, self.real_head_logits(adv).argmax(dim=1)
         finally:
             self.dmm.f_real.train(was_training)
-        negative = torch.where(predicted != labels, predicted, self.wrong(labels))
-        return to_unit_range(adv), labels, negative, 0
 
     def joint_adversarial(
         self, native: Tensor, labels: Tensor, eps: Tensor
