@@ -1,9 +1,10 @@
 """The A2D paper's adaptive attack (its section 6.2): high-confidence C&W-L2 against A2D.
 
 An attacker who knows A2D pushes examples far past the decision boundary, where attacking them
-again is as expensive as for a clean input. For each kappa, C&W-L2 (foolbox, untargeted; the
-paper's is targeted) crafts examples on the bare classifier; an example counts as a success when
-it fools the classifier, its L2 distance is within ``--l2-bound`` and the defense accepts it.
+again is as expensive as for a clean input. For each kappa, C&W-L2 (foolbox; untargeted, or
+targeted as the paper's with ``--target random`` or ``second``) crafts examples on the bare
+classifier; an example counts as a success when it fools the classifier (targeted: reaches its
+target), its L2 distance is within ``--l2-bound`` and the defense accepts it.
 Defenses, each calibrated at ``--fpr`` on clean validation images: A2D's detector alone, and A2D
 with a second layer (ContraNet, SAEC), calibrated jointly.
 
@@ -25,6 +26,7 @@ import torch
 from guardnet import A2DLayer, GuardedModel, build_guard
 from guardnet.data.datasets import load_split
 from guardnet.eval.attacks.foolbox_attacks import CW
+from guardnet.eval.attacks.targets import choose_targets
 
 
 def main() -> None:
@@ -42,6 +44,12 @@ def main() -> None:
         "--cw-lr", type=float, default=0.1, help="C&W's Adam step (0.01 fails at high kappa)"
     )
     parser.add_argument("--cw-const", type=float, default=1.0, help="C&W's initial constant")
+    parser.add_argument(
+        "--target",
+        choices=["second", "random"],
+        default=None,
+        help="targeted C&W: the target rule (default: untargeted)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
@@ -79,7 +87,8 @@ def main() -> None:
             "binary_search_steps": 5,
             "lr": args.cw_lr,
             "initial_const": args.cw_const,
-            "targeted": False,
+            "targeted": args.target is not None,
+            "target": args.target,
         },
         "clean_fpr": {n: float(g(x).rejected.float().mean()) for n, g in guards.items()},
         "kappas": {},
@@ -92,10 +101,19 @@ def main() -> None:
             lr=args.cw_lr,
             initial_const=args.cw_const,
             confidence=kappa,
+            target=args.target,
+            batch_size=max(1, len(x)),  # one chunk: its targets are drawn with seed 0
         )(x, y)
         l2 = (adv - x).flatten(1).norm(dim=1)
         with torch.no_grad():
-            fooled = (classifier(adv).argmax(1) != y) & (l2 <= args.l2_bound)
+            predicted = classifier(adv).argmax(1)
+            if args.target is None:
+                hit = predicted != y
+            else:  # the same seeded targets the attack drew (seed 0, one chunk)
+                generator = torch.Generator().manual_seed(0)
+                targets = choose_targets(classifier(x), y, args.target, generator=generator)
+                hit = predicted == targets
+            fooled = hit & (l2 <= args.l2_bound)
         entry: dict[str, Any] = {
             "success_no_defense": float(fooled.float().mean()),
             "mean_l2_successful": float(l2[fooled].mean()) if bool(fooled.any()) else None,

@@ -27,6 +27,7 @@ from guardnet.data.datasets import load_split
 from guardnet.eval.attacks.bim import BIM
 from guardnet.eval.attacks.fgsm import FGSM
 from guardnet.eval.attacks.foolbox_attacks import CW, DeepFool
+from guardnet.eval.attacks.jsma import JSMA
 from guardnet.eval.metrics import auroc
 from guardnet.recipes import build_classifier
 
@@ -78,6 +79,8 @@ def craft(name: str, model: torch.nn.Module, x: Tensor, y: Tensor, eps: float) -
         return CW(model, steps=100, binary_search_steps=5)(x, y)
     if name == "deepfool":
         return DeepFool(model)(x, y)
+    if name == "jsma":
+        return JSMA(model)(x, y)
     raise ValueError(name)
 
 
@@ -109,7 +112,8 @@ def main() -> None:
         "--adversarial",
         nargs="+",
         default=["fgsm_min", "bim_min", "fgsm", "bim", "cw", "deepfool"],
-        help="fgsm/bim: the full budget (high confidence); *_min: stopped at the boundary",
+        help="fgsm/bim: the full budget (high confidence); *_min: stopped at the boundary; "
+        "cw, deepfool, jsma: the attacks' own stopping rules",
     )
     parser.add_argument(
         "--eps", type=float, default=None, help="FGSM/BIM budget (default 0.1 MNIST, 8/255 colour)"

@@ -29,6 +29,7 @@ from guardnet.eval.attacks.apgd import apgd, apgd_checkpoints
 from guardnet.eval.attacks.bim import bim_steps
 from guardnet.eval.attacks.losses import dlr_loss
 from guardnet.eval.attacks.pgd import pgd
+from guardnet.eval.attacks.targets import choose_targets
 
 # ---------------------------------------------------------------------------------------------
 # A toy guard in two pixels. Class 1 iff x1 + x2 > 1; the detector rejects |x2 - 0.5| > 0.05.
@@ -236,6 +237,25 @@ def test_standard_attacks_run_and_respect_budgets(
             assert bool((adv.flatten(1).abs().sum(dim=1) > 0).all())
 
 
+@pytest.mark.parametrize("rule", ["second", "random"])
+def test_targeted_cw_reaches_the_chosen_class(rule: str) -> None:
+    pytest.importorskip("foolbox")
+    model = Linear().eval()
+    x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    attack = make_attack(
+        "cw", model, steps=100, binary_search_steps=3, initial_const=1.0, target=rule, seed=4
+    )
+    adv = attack(x, y)
+    logits = model(x)
+    expected = choose_targets(logits, y, rule, generator=torch.Generator().manual_seed(4))
+    reached = model(adv).argmax(1)
+    assert bool((expected != y).all())
+    assert float((reached == expected).float().mean()) >= 0.8
+    with pytest.raises(ValueError, match="target must be None or one of"):
+        make_attack("cw", model, target="third")
+
+
 def two_class_linear() -> tuple[nn.Module, Tensor, Tensor, Tensor]:
     """A 2-class affine model, inputs 0.1 or more from the [0, 1] bounds, and the unit direction
     ``w_other - w_y`` that raises the cross-entropy everywhere (the loss is monotone in it)."""
@@ -365,6 +385,7 @@ def test_standard_attack_names_and_defaults() -> None:
         "lr": 0.01,
         "confidence": 0.0,
         "initial_const": 1e-3,
+        "target": None,
     }
     assert defaults["ead"] == {
         "binary_search_steps": 9,
@@ -375,6 +396,12 @@ def test_standard_attack_names_and_defaults() -> None:
         "beta": 1e-3,
     }
     assert defaults["deepfool"] == {"steps": 50, "overshoot": 0.02, "candidates": 10}
+    assert defaults["jsma"] == {
+        "max_iterations": 2000,
+        "theta": 0.1,
+        "max_changes_per_feature": 7,
+        "target": "second",
+    }
     takes_eps = {name for name, entry in STANDARD_ATTACKS.items() if entry[2]}
     assert takes_eps == {"fgsm", "bim", "pgd", "pgdl2", "apgd", "apgdt", "autoattack"}
 

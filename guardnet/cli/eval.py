@@ -25,6 +25,7 @@ STANDARD_ATTACK_NAMES = (
     "deepfool",
     "ead",
     "fgsm",
+    "jsma",
     "pgd",
     "pgdl2",
 )

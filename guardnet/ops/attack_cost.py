@@ -26,6 +26,7 @@ __all__ = [
     "bim_cost",
     "boundary_cost",
     "jsma_cost",
+    "saliency_map_attack",
 ]
 
 Classifier = Callable[[Tensor], Tensor]
@@ -119,7 +120,7 @@ def bim_cost(
     return costs
 
 
-def jsma_cost(
+def saliency_map_attack(
     classifier: Classifier,
     images: Tensor,
     labels: Tensor,
@@ -128,31 +129,38 @@ def jsma_cost(
     limit: int,
     theta: float = 0.1,
     max_changes_per_feature: int = 7,
-) -> Tensor:
-    """Iterations of a single-feature saliency-map attack until the label leaves ``labels``
-    (A2D's JSMA_d; Papernot et al., EuroS&P 2016).
+) -> tuple[Tensor, Tensor]:
+    """A single-feature Jacobian saliency-map attack, run until the label leaves ``labels``
+    (Papernot et al., "The Limitations of Deep Learning in Adversarial Settings", EuroS&P 2016).
 
     Each iteration computes the gradient ``a`` of the target logit and ``b`` of the sum of the
     other logits, picks the input element with the most negative ``a * b`` (raising the target
     while lowering the rest) among those that may still move, and moves it by ``theta`` in the
     direction of ``a``. An element moves at most ``max_changes_per_feature`` times and never
-    past [0, 1].
+    past [0, 1]. A sample stops at the first iteration whose label differs from ``labels``
+    (whether or not it is the target), so it stays just across the boundary.
 
     Args:
         classifier: maps [0, 1] images to logits; must be differentiable in its input.
         images: (B, C, H, W) images in [0, 1].
         labels: (B,) the labels to move away from.
-        targets: (B,) the class to push towards (A2D: the second most likely).
-        limit: the most iterations; also the cost of a sample that never flips.
+        targets: (B,) the class to push towards.
+        limit: the most iterations.
         theta: how far one iteration moves the chosen element.
         max_changes_per_feature: how often one element may move.
 
     Returns:
-        (B,) float costs: iterations until the label first differs, or ``limit``.
+        ``(adversarial, iterations)``: (B, C, H, W) the images when their label first differed
+        (after ``limit`` moves for the others), and (B,) float counts of iterations until then
+        (``limit`` for the others).
+
+    Raises:
+        NoGradientError: the classifier's logits do not require grad.
     """
     _check_limit(limit)
     batch = images.shape[0]
     costs = images.new_full((batch,), float(limit))
+    result = images.detach().clone()
     index = torch.arange(batch, device=images.device)
     adv = images.detach().clone()
     changes = torch.zeros(adv.shape, dtype=torch.int32, device=adv.device).flatten(1)
@@ -169,6 +177,7 @@ def jsma_cost(
         adv = adv.detach()
         if bool(flipped.any()):
             costs[index[flipped]] = float(t)
+            result[index[flipped]] = adv[flipped]
             keep = ~flipped
             index, adv, alpha, total, changes, source, target = (
                 v[keep] for v in (index, adv, alpha, total, changes, source, target)
@@ -186,7 +195,36 @@ def jsma_cost(
         flat = flat.scatter_add(1, chosen, shift).clamp(0.0, 1.0)
         changes = changes.scatter_add(1, chosen, can_move.to(changes.dtype))
         adv = flat.view_as(adv)
-    return costs
+    result[index] = adv.detach()
+    return result, costs
+
+
+def jsma_cost(
+    classifier: Classifier,
+    images: Tensor,
+    labels: Tensor,
+    targets: Tensor,
+    *,
+    limit: int,
+    theta: float = 0.1,
+    max_changes_per_feature: int = 7,
+) -> Tensor:
+    """Iterations of :func:`saliency_map_attack` until the label leaves ``labels`` (A2D's
+    JSMA_d, which targets the second most likely class); arguments as there, ``limit`` also
+    being the cost of a sample that never flips.
+
+    Returns:
+        (B,) float costs: iterations until the label first differs, or ``limit``.
+    """
+    return saliency_map_attack(
+        classifier,
+        images,
+        labels,
+        targets,
+        limit=limit,
+        theta=theta,
+        max_changes_per_feature=max_changes_per_feature,
+    )[1]
 
 
 def _is_adversarial(classifier: Classifier, images: Tensor, labels: Tensor) -> Tensor:

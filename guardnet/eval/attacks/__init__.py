@@ -31,6 +31,7 @@ from guardnet.eval.attacks.cache import AdversarialCache, tensor_fingerprint
 from guardnet.eval.attacks.fgsm import FGSM
 from guardnet.eval.attacks.foolbox_attacks import CW, EADL1, DeepFool, FoolboxAttack
 from guardnet.eval.attacks.hopskipjump import HopSkipJump
+from guardnet.eval.attacks.jsma import JSMA
 from guardnet.eval.attacks.library import STANDARD_ATTACKS, make_attack
 from guardnet.eval.attacks.pgd import PGD
 from guardnet.eval.attacks.pgdl2 import PGDL2
@@ -46,6 +47,7 @@ __all__ = [
     "CW",
     "EADL1",
     "FGSM",
+    "JSMA",
     "PGD",
     "PGDL2",
     "STANDARD_ATTACKS",

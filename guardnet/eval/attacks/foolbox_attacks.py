@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from guardnet.eval.attacks.base import Attack
+from guardnet.eval.attacks.targets import TARGET_RULES, choose_targets
 
 __all__ = ["CW", "EADL1", "DeepFool", "FoolboxAttack"]
 
@@ -48,13 +49,18 @@ class FoolboxAttack(Attack):
         """The foolbox attack object."""
         raise NotImplementedError
 
+    def criterion(self, fb: Any, images: Tensor, labels: Tensor, generator: torch.Generator) -> Any:
+        """What counts as success: leaving ``labels`` (untargeted; subclasses may target)."""
+        return labels
+
     def params(self) -> dict[str, Any]:
         return {**self._params, "library": self.library}
 
     def perturb(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
         fb = _foolbox()
         fmodel = fb.PyTorchModel(self.model, bounds=(0.0, 1.0), device=images.device)
-        _, clipped, _ = self.build(fb)(fmodel, images, labels, epsilons=None)
+        criterion = self.criterion(fb, images, labels, generator)
+        _, clipped, _ = self.build(fb)(fmodel, images, criterion, epsilons=None)
         if not self.keeps_input_on_failure:
             return clipped
         failed = (clipped.flatten(1) == 0).all(dim=1) & (images.flatten(1) != 0).any(dim=1)
@@ -63,7 +69,7 @@ class FoolboxAttack(Attack):
 
 class CW(FoolboxAttack):
     """Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017:
-    the L2 attack, untargeted, with a binary search over the constant ``c``.
+    the L2 attack, untargeted or targeted, with a binary search over the constant ``c``.
 
     Args:
         model: the classifier: [0, 1] images -> logits (normalisation inside).
@@ -72,6 +78,9 @@ class CW(FoolboxAttack):
         lr: Adam's step size (0.01).
         confidence: the margin ``kappa`` past the decision boundary (0).
         initial_const: the first ``c`` (1e-3).
+        target: ``None`` (untargeted), or the rule that picks one target class per image:
+            ``"second"`` (the second most likely class) or ``"random"`` (seeded, uniform over
+            the other classes); success then means reaching the target.
         batch_size, seed, progress: see :class:`~guardnet.eval.attacks.Attack`.
 
     Early abort is on. Where no adversarial example is found the input comes back.
@@ -89,12 +98,24 @@ class CW(FoolboxAttack):
         lr: float = 0.01,
         confidence: float = 0.0,
         initial_const: float = 1e-3,
+        target: str | None = None,
         batch_size: int = 256,
         seed: int = 0,
         progress: bool = False,
     ) -> None:
+        if target is not None and target not in TARGET_RULES:
+            raise ValueError(f"target must be None or one of {TARGET_RULES}, got {target!r}")
         self._params = _own_arguments(locals())
         super().__init__(model, batch_size=batch_size, seed=seed, progress=progress)
+
+    def criterion(self, fb: Any, images: Tensor, labels: Tensor, generator: torch.Generator) -> Any:
+        rule = self._params["target"]
+        if rule is None:
+            return labels
+        with torch.no_grad():
+            logits = self.model(images)
+        targets = choose_targets(logits, labels, rule, generator=generator)
+        return fb.criteria.TargetedMisclassification(targets)
 
     def build(self, fb: Any) -> Any:
         p = self._params

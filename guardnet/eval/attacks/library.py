@@ -25,6 +25,10 @@ name            source    defaults (the papers')
 ``deepfool``    foolbox   Moosavi-Dezfooli et al. 2016, L2: 50 steps, overshoot 0.02, the
                           10 most likely classes as candidates (as the authors' code does;
                           batched, so 43-class GTSRB stays affordable)
+``jsma``        guardnet  Papernot et al. 2016, L0 (foolbox 2's defaults, as the A2D paper):
+                          one element moved by 0.1 per iteration, at most 7 times each, up
+                          to 2,000 iterations, towards the second most likely class, stopped
+                          at the first misclassification
 ==============  ========  ===================================================================
 
 The step rules of ``bim`` and ``pgd`` are those of torchattacks 3.5 with the same arguments, so
@@ -45,6 +49,7 @@ from guardnet.eval.attacks.base import Attack
 from guardnet.eval.attacks.bim import BIM
 from guardnet.eval.attacks.fgsm import FGSM
 from guardnet.eval.attacks.foolbox_attacks import CW, EADL1, DeepFool
+from guardnet.eval.attacks.jsma import JSMA
 from guardnet.eval.attacks.pgd import PGD
 from guardnet.eval.attacks.pgdl2 import PGDL2
 
@@ -61,6 +66,7 @@ _CLASSES: tuple[type[Attack], ...] = (
     CW,
     EADL1,
     DeepFool,
+    JSMA,
 )
 _COMMON = frozenset({"self", "model", "eps", "batch_size", "seed", "progress"})
 
