@@ -492,6 +492,48 @@ class TestTraining:
         assert default == joint_calls(adv_joint_steps=3)  # None means adv_steps
         assert longer - default == 4  # one classifier call per extra step
 
+    def test_best_target_keeps_the_attempt_with_the_lowest_joint_loss(self, monkeypatch) -> None:
+        import guardnet.train.contranet_trainer as trainer_module
+        from guardnet.train import joint_loss
+
+        x, y = data()
+        net = classifier()
+        attempts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def fake_attack(classify, consistency, images, targets, eps, **kwargs):
+            # a different, known perturbation per attempt: rows shifted by their own amounts
+            shift = torch.linspace(-0.04, 0.04, images.shape[0]).view(-1, 1, 1, 1)
+            adv = (images + shift).clamp(0, 1)
+            attempts.append((adv, targets))
+            return adv
+
+        monkeypatch.setattr(trainer_module, "joint_pgd_linf", fake_attack)
+        settings = ContraNetTrainSettings(
+            batch_size=8, adv_fraction=1.0, adv_joint_fraction=1.0, adv_smooth_fraction=0.5,
+            adv_num_targets=3, adv_eps=(0.05,), adv_steps=2, adv_joint_best_target=True,
+        )  # fmt: skip
+        trainer = _Trainer(TINY, settings, x, y, net, torch.device("cpu"), _Dist(), False)
+        trainer.dmm.train()
+        adv, targets = trainer.joint_adversarial(x[:4], y[:4], torch.full((4,), 0.05))
+        assert trainer.dmm.training  # attacked in eval mode, given back in training mode
+        # two calls (smooth, then full-resolution), each with every image's three targets
+        assert [a.shape[0] for a, _ in attempts] == [6, 6]
+        tried = torch.cat([a for a, _ in attempts])
+        tried_targets = torch.cat([t for _, t in attempts]).view(4, 3)
+        logits = net(x[:4]).scatter(1, y[:4, None], float("-inf"))
+        assert torch.equal(tried_targets, logits.topk(3, dim=1).indices)
+
+        def consistency(images: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            u = to_unit_range(images)
+            return trainer.dmm(u, trainer.g_ema(trainer.encoder(u)[0], t), t)
+
+        trainer.dmm.eval()
+        with torch.no_grad():
+            loss = joint_loss(net, consistency, tried, tried_targets.reshape(-1)).view(4, 3)
+        best = loss.argmin(dim=1)
+        assert torch.equal(targets, tried_targets[torch.arange(4), best])
+        torch.testing.assert_close(adv, tried.view(4, 3, *tried.shape[1:])[torch.arange(4), best])
+
     def test_joint_dmm_training_logs_how_many_joint_copies_it_flags(self, tmp_path) -> None:
         x, y, kwargs, up_to_dis = run_up_to_dis(tmp_path / "plain")
         shutil.copytree(tmp_path / "plain", tmp_path / "joint")

@@ -27,7 +27,7 @@ Example:
     >>> # run_classifier_training(options) trains and writes runs/mnist-cnn/model
 """
 
-from guardnet.train.adversarial import joint_pgd_linf, pgd_linf, wrong_labels
+from guardnet.train.adversarial import joint_loss, joint_pgd_linf, pgd_linf, wrong_labels
 from guardnet.train.augment import AUGMENTED_DATASETS, default_augmentation, diff_augmentation
 from guardnet.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -95,6 +95,7 @@ __all__ = [
     "fit_classifier",
     "image_folder_training_data",
     "images_from_dataset",
+    "joint_loss",
     "joint_pgd_linf",
     "latest_checkpoint",
     "load_checkpoint",

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["joint_pgd_linf", "pgd_linf", "wrong_labels"]
+__all__ = ["joint_loss", "joint_pgd_linf", "pgd_linf", "wrong_labels"]
 
 
 def wrong_labels(labels: Tensor, num_classes: int, generator: torch.Generator | None) -> Tensor:
@@ -60,6 +60,20 @@ def pgd_linf(
             classify, images, labels, eps=eps, alpha=2.5 * eps / steps, steps=steps,
             generator=generator,
         )  # fmt: skip
+
+
+def joint_loss(
+    classify: Callable[[Tensor], Tensor],
+    consistency: Callable[[Tensor, Tensor], Tensor],
+    images: Tensor,
+    targets: Tensor,
+) -> Tensor:
+    """Per image, what :func:`joint_pgd_linf` minimises: ``CE(classify(x), target) +
+    CE(consistency(x, target), consistent)`` (arguments as there); shape (B,)."""
+    consistent = torch.ones_like(targets)
+    return F.cross_entropy(classify(images), targets, reduction="none") + F.cross_entropy(
+        consistency(images, targets), consistent, reduction="none"
+    )
 
 
 def joint_pgd_linf(
@@ -115,7 +129,6 @@ def joint_pgd_linf(
     alpha = 2.5 * radius / steps
     start = torch.rand(shape, generator=generator, device=images.device, dtype=images.dtype)
     param = (start * 2 - 1) * radius
-    consistent = torch.ones_like(targets)
 
     def perturb(p: Tensor) -> Tensor:
         return (images + upsample_perturbation(p, (h, w))).clamp(0, 1)
@@ -123,9 +136,7 @@ def joint_pgd_linf(
     with torch.enable_grad():
         for _ in range(steps):
             param = param.detach().requires_grad_(True)
-            adv = perturb(param)
-            loss = F.cross_entropy(classify(adv), targets, reduction="sum")
-            loss = loss + F.cross_entropy(consistency(adv, targets), consistent, reduction="sum")
+            loss = joint_loss(classify, consistency, perturb(param), targets).sum()
             (grad,) = torch.autograd.grad(loss, param)
             param = torch.minimum(torch.maximum(param - alpha * grad.sign(), -radius), radius)
     return perturb(param.detach()).detach()

@@ -28,7 +28,7 @@ from guardnet.nets.contranet import (
     ContraNetDiscriminator,
     to_unit_range,
 )
-from guardnet.train.adversarial import joint_pgd_linf, pgd_linf, wrong_labels
+from guardnet.train.adversarial import joint_loss, joint_pgd_linf, pgd_linf, wrong_labels
 from guardnet.train.augment import default_augmentation, diff_augmentation
 from guardnet.train.distributed import DistContext
 from guardnet.train.settings import STAGE_ONLY_SETTINGS, STAGES, ContraNetTrainSettings
@@ -374,9 +374,10 @@ class ContraNetTrainer:
         [0, 1], targets)``.
 
         Each image is pushed towards one of the classifier's ``adv_num_targets`` most likely
-        wrong classes (drawn per image) while the DMM is pushed to call the pair
-        ``(image, G(E(image), target))`` consistent (:func:`joint_pgd_linf`, gradients through E
-        and G); the first ``adv_smooth_fraction`` of them use a smooth
+        wrong classes (drawn per image; with ``adv_joint_best_target``, towards each of them
+        and the attempt with the lowest joint loss kept) while the DMM is pushed to call the
+        pair ``(image, G(E(image), target))`` consistent (:func:`joint_pgd_linf`, gradients
+        through E and G); the first ``adv_smooth_fraction`` of them use a smooth
         ``adv_smooth_resolution`` perturbation. The DMM is in eval mode while attacked.
         """
         s = self.s
@@ -386,14 +387,18 @@ class ContraNetTrainer:
             logits = self.classify(native)
         k = min(s.adv_num_targets, self.config.num_classes - 1)
         ranked = logits.scatter(1, labels[:, None], float("-inf")).topk(k, dim=1).indices
-        choice = torch.randint(k, (n, 1), generator=self.noise, device=self.device)
-        targets = ranked.gather(1, choice).squeeze(1)
+        if s.adv_joint_best_target:  # every target, in one batch of n * k attempts
+            tries, targets = k, ranked.reshape(-1)
+            native, eps = native.repeat_interleave(k, 0), eps.repeat_interleave(k, 0)
+        else:
+            choice = torch.randint(k, (n, 1), generator=self.noise, device=self.device)
+            tries, targets = 1, ranked.gather(1, choice).squeeze(1)
 
         def consistency(images: Tensor, y: Tensor) -> Tensor:
             x = to_unit_range(images)
             return self.dmm(x, self.g_ema(self.encoder(x)[0], y), y)
 
-        n_smooth = round(n * s.adv_smooth_fraction)
+        n_smooth = round(n * s.adv_smooth_fraction) * tries
         was_training = self.dmm.training
         self.dmm.eval()
         try:
@@ -410,13 +415,19 @@ class ContraNetTrainer:
                 )
                 for rows, resolution in (
                     (slice(0, n_smooth), s.adv_smooth_resolution),
-                    (slice(n_smooth, n), None),
+                    (slice(n_smooth, n * tries), None),
                 )
                 if rows.stop > rows.start
             ]
+            adv = torch.cat(parts)
+            if tries > 1:
+                with torch.no_grad():
+                    loss = joint_loss(self.classify, consistency, adv, targets).view(n, tries)
+                best = loss.argmin(dim=1) + torch.arange(n, device=self.device) * tries
+                adv, targets = adv[best], targets[best]
         finally:
             self.dmm.train(was_training)
-        return torch.cat(parts), targets
+        return adv, targets
 
     # ---------------------------------------------------------------- rebuilds
     def rebuild(self, x: Tensor, labels: Tensor, index: Tensor | None = None) -> Tensor:

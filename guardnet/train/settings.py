@@ -109,6 +109,7 @@ STAGE_ONLY_SETTINGS: dict[str, tuple[str, ...]] = {
     "adv_smooth_resolution": ("dmm",),
     "adv_num_targets": ("dmm",),
     "adv_joint_steps": ("dmm",),
+    "adv_joint_best_target": ("dmm",),
 }
 
 
@@ -153,6 +154,10 @@ class ContraNetTrainSettings:
         adv_joint_steps: steps of the joint attacks (``None``: ``adv_steps``). The evaluation's
             adaptive attacks take 50: a much weaker training attack may teach the DMM to resist
             only the weak one.
+        adv_joint_best_target: attack each joint copy towards *every* one of the
+            ``adv_num_targets`` classes (that many times the cost) and keep, per image, the
+            attempt with the lowest joint loss, as the evaluation's smooth attack keeps the best
+            of its targets; ``False``: one target drawn per image.
         dmm_pretrain_loss: metric loss of ``dmm_pretrain``: ``"triplet"`` (the authors'
             cross-modal batch-hard triplet) or ``"supcon"`` (supervised contrastive, Khosla et
             al. 2020, over both modalities: every same-class input or rebuild in the batch is a
@@ -212,6 +217,7 @@ class ContraNetTrainSettings:
     adv_smooth_resolution: int = 8
     adv_num_targets: int = 3
     adv_joint_steps: int | None = None
+    adv_joint_best_target: bool = False
     dmm_pretrain_loss: str = "triplet"
     triplet_margin: float = 0.2
     supcon_temperature: float = 0.1
