@@ -160,7 +160,7 @@ def saliency_map_attack(
     _check_limit(limit)
     batch = images.shape[0]
     costs = images.new_full((batch,), float(limit))
-    result = images.detach().clone()
+    result = torch.empty_like(images)  # every row is written: when it flips, or at the end
     index = torch.arange(batch, device=images.device)
     adv = images.detach().clone()
     changes = torch.zeros(adv.shape, dtype=torch.int32, device=adv.device).flatten(1)
