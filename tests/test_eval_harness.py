@@ -13,7 +13,13 @@ from guardnet import GuardedModel
 from guardnet.cli import main
 from guardnet.cli.eval import _budget_arg, parse_eps
 from guardnet.eval.attacks import AdversarialCache
-from guardnet.eval.harness import AttackPlan, evaluate_guard, format_eps, format_report
+from guardnet.eval.harness import (
+    AttackPlan,
+    evaluate_guard,
+    format_eps,
+    format_report,
+    variant_name,
+)
 from guardnet.layers import LayerInput, LayerOutput
 from guardnet.recipes import load_recipe
 
@@ -213,6 +219,58 @@ def test_eval_cli_errors(capsys) -> None:
     argv = ["eval", "--guard", "mnist-saec", "--fixtures", "--val-limit", "50", "--limit", "5"]
     assert main([*argv, "--attack", "fgsm", "--budget", '{"sace": 2}', "--no-progress"]) == 2
     assert "budget names unknown layers ['sace']" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::guardnet.errors.CalibrationWarning")
+def test_eval_cli_runs_each_listed_setting(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    argv = [
+        "eval", "--guard", "mnist-saec", "--fixtures", "--limit", "10", "--val-limit", "100",
+        "--attack", "fgsm", "--eps", "0.3", "--adaptive", "bpda", "--budget", "{}",
+        "--adaptive-eps", "0.1", "0.3",
+        "--attack-args", '{"bpda": [{"steps": 1}, {"steps": 3, "random_start": false}]}',
+        "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    one = "bpda eps=0.3 fpr=0.05 steps=1"
+    three = "bpda eps=0.3 fpr=0.05 random_start=false steps=3"
+    assert {"fgsm eps=0.3", one, three} < set(report["attacks"])
+    assert report["attacks"][one]["attack"]["params"]["steps"] == 1
+    assert report["attacks"][three]["attack"]["params"]["steps"] == 3
+    assert report["attacks"][three]["attack"]["params"]["random_start"] is False
+    (row,) = [r for r in report["worst_case"] if r["fpr"] == "0.05" and r["eps"] == 0.3]
+    assert {one, three} <= set(row["runs"])
+    # Both runs take part: the worst case is no better than either.
+    assert row["robust_accuracy"] <= min(row["runs"][one], row["runs"][three]) + 1e-12
+    printed = capsys.readouterr().out
+    # One budget curve per variant, each named by its settings.
+    assert "bpda fpr=0.05 steps=1: 0.1 " in printed
+    assert "bpda fpr=0.05 random_start=false steps=3: 0.1 " in printed
+    assert (out / "robust_accuracy.png").stat().st_size > 0
+    for bad, message in [
+        ('{"bpda": []}', "non-empty list"),
+        ('{"bpda": [{"steps": 1}, 2]}', "non-empty list"),
+        ('{"bpda": [{"steps": 1}, {"steps": 1}]}', "the same settings twice"),
+    ]:
+        assert main([*argv[:-5], "--attack-args", bad, "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_evaluate_guard_refuses_plans_with_one_label() -> None:
+    plans = [
+        AttackPlan("bpda", adaptive=True, eps=0.3, params={"steps": 1}, fpr=0.05),
+        AttackPlan("bpda", adaptive=True, eps=0.3, params={"steps": 2}, fpr=0.05),
+    ]
+    with pytest.raises(ValueError, match="share a label"):
+        evaluate_guard(
+            None,  # type: ignore[arg-type]  # refused before the guard is used
+            val_images=torch.zeros(1),
+            test_images=torch.zeros(1),
+            test_labels=torch.zeros(1),
+            plans=plans,
+        )
+    assert variant_name({"steps": 2}) == "steps=2" and variant_name({}) == "default"
 
 
 class ExactFlagLayer(SecondPixelDetector):

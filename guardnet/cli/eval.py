@@ -155,7 +155,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="JSON",
         help='extra attack parameters per attack name, e.g. \'{"cw": {"steps": 100}, '
-        '"orthogonal": {"steps": 100}}\'',
+        '"orthogonal": {"steps": 100}}\'; a list runs each setting, every run in the worst '
+        'case: \'{"selective": [{"steps": 50}, {"steps": 400}]}\'',
     )
     ev.add_argument(
         "--fpr", nargs="+", type=float, default=[0.05, 0.03], help="target FPRs (default 0.05 0.03)"
@@ -207,27 +208,48 @@ def _load_data(args: argparse.Namespace, dataset: str) -> tuple[Any, Any, Any, s
     return val_images, test_images, test_labels, f"{info.display_name} (shipped fixtures)"
 
 
+def _settings(extra: dict[str, Any], name: str) -> list[tuple[dict[str, Any], str | None]]:
+    """An attack's settings from ``--attack-args``: one object, or a list of them (variants)."""
+    value = extra.get(name, {})
+    if isinstance(value, dict):
+        return [(value, None)]
+    from guardnet.eval.harness import variant_name
+
+    if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+        raise ValueError(
+            f"--attack-args: {name!r} must be an object of parameters or a non-empty list of "
+            f'them, e.g. {{"{name}": [{{"steps": 50}}, {{"steps": 400}}]}}; got {value!r}'
+        )
+    variants = [(params, variant_name(params)) for params in value]
+    names = [variant for _, variant in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--attack-args: {name!r} lists the same settings twice: {names}")
+    return variants if len(variants) > 1 else [(value[0], None)]
+
+
 def _plans(args: argparse.Namespace, dataset: str) -> list[Any]:
     from guardnet.eval.attacks import STANDARD_ATTACKS
     from guardnet.eval.harness import AttackPlan
 
-    extra: dict[str, dict[str, Any]] = args.attack_args or {}
-    if not all(isinstance(v, dict) for v in extra.values()):
-        raise ValueError('--attack-args must be a JSON object of objects: {"pgd": {"steps": 20}}')
+    extra: dict[str, Any] = args.attack_args or {}
     eps = args.eps or ([0.3] if dataset == "mnist" else [8 / 255])
     plans = []
     l2_eps = args.l2_eps or ([2.0] if dataset == "mnist" else [0.5])
     for name in args.attack:
         takes_eps = STANDARD_ATTACKS[name][2]
         budgets = (l2_eps if name == "pgdl2" else eps) if takes_eps else [None]
-        for e in budgets:
-            plans.append(AttackPlan(name, eps=e, params=extra.get(name, {})))
+        for params, variant in _settings(extra, name):
+            for e in budgets:
+                plans.append(AttackPlan(name, eps=e, params=params, variant=variant))
     for name in args.adaptive:
-        for e in args.adaptive_eps or [max(eps)]:
-            for fpr in args.adaptive_fpr:
-                plans.append(
-                    AttackPlan(name, adaptive=True, eps=e, params=extra.get(name, {}), fpr=fpr)
-                )
+        for params, variant in _settings(extra, name):
+            for e in args.adaptive_eps or [max(eps)]:
+                for fpr in args.adaptive_fpr:
+                    plans.append(
+                        AttackPlan(
+                            name, adaptive=True, eps=e, params=params, fpr=fpr, variant=variant
+                        )
+                    )
     return plans
 
 

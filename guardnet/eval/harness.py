@@ -48,7 +48,13 @@ from guardnet.eval.worst_case import LINF_TOLERANCE, RunOutcome, worst_case_tabl
 from guardnet.guard import GuardedModel
 from guardnet.layers.base import exact_scores
 
-__all__ = ["AttackPlan", "ClassifierView", "evaluate_guard", "format_report"]
+__all__ = [
+    "AttackPlan",
+    "ClassifierView",
+    "evaluate_guard",
+    "format_report",
+    "variant_name",
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class AttackPlan:
         eps: the budget, for attacks that take one.
         params: other parameters of the attack.
         fpr: adaptive attacks: the FPR the guard is calibrated at while attacked and judged.
+        variant: tells apart runs of one attack at one budget with different ``params`` (see
+            :func:`variant_name`); it ends the run's label.
     """
 
     name: str
@@ -68,6 +76,7 @@ class AttackPlan:
     eps: float | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     fpr: float | None = None
+    variant: str | None = None
 
     @property
     def label(self) -> str:
@@ -76,7 +85,26 @@ class AttackPlan:
             parts.append(f"eps={format_eps(self.eps)}")
         if self.adaptive and self.fpr is not None:
             parts.append(f"fpr={self.fpr:g}")
+        if self.variant:
+            parts.append(self.variant)
         return " ".join(parts)
+
+
+def variant_name(params: Mapping[str, Any]) -> str:
+    """A run label's suffix for one setting of an attack: ``steps=400 restarts=2``.
+
+    Example:
+        >>> variant_name({"steps": 400, "alpha": 0.001})
+        'alpha=0.001 steps=400'
+        >>> variant_name({})
+        'default'
+    """
+    if not params:
+        return "default"
+    return " ".join(
+        f"{key}={json.dumps(value, sort_keys=True, separators=(',', ':'))}"
+        for key, value in sorted(params.items())
+    )
 
 
 def format_eps(eps: float) -> str:
@@ -301,7 +329,7 @@ def evaluate_guard(
             ``fprs[0]``).
         val_images: clean validation images: the only data that sets thresholds.
         test_images, test_labels: the test split.
-        plans: the attacks.
+        plans: the attacks; their labels must be unique.
         fprs: target FPRs for the standard attacks' figures; the first is the headline.
         budget: relative share of the joint FPR budget per rejector key (e.g. ``"saec"``,
             ``"contranet.dmm"``; missing keys get 1), or ``"runner_up"`` (chosen per target
@@ -328,6 +356,13 @@ def evaluate_guard(
     """
     if not fprs:
         raise ValueError("fprs must name at least one target FPR")
+    labels = [plan.label for plan in plans]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(
+            f"two attack plans share a label, so one would hide the other: {repeated}; give "
+            "runs of one attack with different params a variant"
+        )
     began = time.perf_counter()
     all_fprs = sorted({*fprs, *(p.fpr for p in plans if p.adaptive and p.fpr is not None)})
     calibrations: dict[float, dict[str, Any]] = {}
@@ -556,7 +591,8 @@ def _format_curves(curves: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{format_eps(e)} {_pct(s).strip()}"
             for e, s in zip(curve["eps"], curve["success"], strict=True)
         )
-        lines.append(f"{curve['attack']} fpr={curve['fpr']:g}: {points}")
+        settings = f" {variant_name(curve['params'])}" if curve.get("params") else ""
+        lines.append(f"{curve['attack']} fpr={curve['fpr']:g}{settings}: {points}")
         if curve["warning"]:
             lines.append(f"  WARNING: {curve['warning']}")
     return lines

@@ -72,10 +72,12 @@ def plot_robust_accuracy(
     """
     head = f"{report['fprs'][0]:g}"
     series: dict[str, list[tuple[float, float, float]]] = {}
-    for entry in report["attacks"].values():
+    for label, entry in report["attacks"].items():
         if entry["eps"] is None or head not in entry["at_fpr"]:
             continue
-        name = entry["attack"]["attack"] + (" (adaptive)" if entry["adaptive"] else "")
+        # One line per run label without its budget: variants of an attack get their own.
+        name = " ".join(part for part in label.split() if not part.startswith("eps="))
+        name += " (adaptive)" if entry["adaptive"] else ""
         m = entry["at_fpr"][head]
         series.setdefault(name, []).append((entry["eps"], m["acc_rob"], m["bare_robust_accuracy"]))
     series = {k: sorted(v) for k, v in series.items() if len(v) >= 2}
