@@ -292,3 +292,32 @@ def test_harness_reads_exact_scores() -> None:
     guard = GuardedModel(SumClassifier(), [ExactFlagLayer()], num_classes=2)
     x, _ = toy_data(5, 0)
     assert bool((_run(guard, x)["scores"]["flag"] == 1).all())
+
+
+def test_robust_accuracy_plot_keeps_a_long_legend_beside_the_axes(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from guardnet.eval.plots import plot_robust_accuracy
+
+    def run(adaptive: bool, eps: float, acc: float) -> dict:
+        return {
+            "adaptive": adaptive,
+            "eps": eps,
+            "at_fpr": {"0.05": {"acc_rob": acc, "bare_robust_accuracy": acc / 2}},
+        }
+
+    attacks = {
+        f"selective eps={e:g} fpr=0.05 steps={steps}": run(True, e, 1 / steps)
+        for steps in range(10, 20)
+        for e in (2 / 255, 8 / 255)
+    }
+    worst = [{"eps": e, "fpr": "0.05", "robust_accuracy": 0.05} for e in (2 / 255, 8 / 255)]
+    report = {"fprs": [0.05], "attacks": attacks, "worst_case": worst}
+    many = plot_robust_accuracy(report, tmp_path / "many.png")
+    few = plot_robust_accuracy(
+        {**report, "attacks": dict(list(attacks.items())[:4])}, tmp_path / "few.png"
+    )
+    assert many is not None and few is not None
+    # Ten series: the legend sits to the right, so the picture is wider than the axes' figure.
+    assert Image.open(many).size[0] > Image.open(few).size[0] + 100

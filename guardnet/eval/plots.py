@@ -29,11 +29,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(plt: Any, fig: Any, path: str | os.PathLike[str]) -> Path:
-    fig.tight_layout()
+def _save(plt: Any, fig: Any, path: str | os.PathLike[str], *, tight: bool = False) -> Path:
+    if not tight:
+        fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    # bbox_inches="tight" keeps a legend placed outside the axes in the picture.
+    fig.savefig(out, dpi=120, **({"bbox_inches": "tight"} if tight else {}))
     plt.close(fig)
     return out
 
@@ -79,7 +81,9 @@ def plot_robust_accuracy(
         name = " ".join(part for part in label.split() if not part.startswith("eps="))
         name += " (adaptive)" if entry["adaptive"] else ""
         m = entry["at_fpr"][head]
-        series.setdefault(name, []).append((entry["eps"], m["acc_rob"], m["bare_robust_accuracy"]))
+        # Under an adaptive attack the bare classifier's accuracy is not the figure of interest.
+        bare = float("nan") if entry["adaptive"] else m["bare_robust_accuracy"]
+        series.setdefault(name, []).append((entry["eps"], m["acc_rob"], bare))
     series = {k: sorted(v) for k, v in series.items() if len(v) >= 2}
     if not series:
         return None
@@ -89,9 +93,15 @@ def plot_robust_accuracy(
 
     budgets = [p[0] for points in series.values() for p in points]
     on_grid = all(format_eps(e).endswith("/255") for e in budgets)  # colour-image budgets
-    for name, points in series.items():
+    many = len(series) > 8
+    colours = plt.get_cmap("tab20").colors if many else [None] * len(series)
+    for (name, points), colour in zip(series.items(), colours * len(series), strict=False):
         eps = [p[0] * 255 if on_grid else p[0] for p in points]
-        line = ax.plot(eps, [p[1] for p in points], marker="o", label=f"{name}: guarded")[0]
+        line = ax.plot(
+            eps, [p[1] for p in points], marker="o", color=colour, label=f"{name}: guarded"
+        )[0]
+        if all(p[2] != p[2] for p in points):  # adaptive: no bare-classifier line
+            continue
         ax.plot(
             eps,
             [p[2] for p in points],
@@ -100,12 +110,29 @@ def plot_robust_accuracy(
             color=line.get_color(),
             label=f"{name}: bare classifier",
         )
+    worst = sorted(
+        (row["eps"], row["robust_accuracy"])
+        for row in report.get("worst_case") or []
+        if row["fpr"] == head
+    )
+    if len(worst) >= 2:
+        ax.plot(
+            [e * 255 if on_grid else e for e, _ in worst],
+            [w for _, w in worst],
+            color="black",
+            linewidth=2.5,
+            marker="s",
+            label="worst case per example",
+        )
     ax.set_xlabel("budget eps (x 1/255)" if on_grid else "budget eps")
     ax.set_ylabel("robust accuracy (Acc_rob)")
     ax.set_ylim(0, 1.02)
     ax.set_title(title or f"Robust accuracy at {float(head):.0%} FPR")
-    ax.legend(fontsize=7)
-    return _save(plt, fig, path)
+    if many:  # a long legend goes beside the axes, not over the lines
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        ax.legend(fontsize=7)
+    return _save(plt, fig, path, tight=many)
 
 
 def save_examples(
