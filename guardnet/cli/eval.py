@@ -220,11 +220,12 @@ def _settings(extra: dict[str, Any], name: str) -> list[tuple[dict[str, Any], st
             f"--attack-args: {name!r} must be an object of parameters or a non-empty list of "
             f'them, e.g. {{"{name}": [{{"steps": 50}}, {{"steps": 400}}]}}; got {value!r}'
         )
-    variants = [(params, variant_name(params)) for params in value]
-    names = [variant for _, variant in variants]
+    if len(value) == 1:
+        return [(value[0], None)]
+    names = [variant_name(params) for params in value]
     if len(set(names)) != len(names):
         raise ValueError(f"--attack-args: {name!r} lists the same settings twice: {names}")
-    return variants if len(variants) > 1 else [(value[0], None)]
+    return list(zip(value, names, strict=True))
 
 
 def _plans(args: argparse.Namespace, dataset: str) -> list[Any]:

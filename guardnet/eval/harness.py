@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -356,8 +357,7 @@ def evaluate_guard(
     """
     if not fprs:
         raise ValueError("fprs must name at least one target FPR")
-    labels = [plan.label for plan in plans]
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    repeated = sorted(k for k, n in Counter(plan.label for plan in plans).items() if n > 1)
     if repeated:
         raise ValueError(
             f"two attack plans share a label, so one would hide the other: {repeated}; give "

@@ -74,16 +74,17 @@ def plot_robust_accuracy(
     """
     head = f"{report['fprs'][0]:g}"
     series: dict[str, list[tuple[float, float, float]]] = {}
+    adaptive: set[str] = set()
     for label, entry in report["attacks"].items():
         if entry["eps"] is None or head not in entry["at_fpr"]:
             continue
         # One line per run label without its budget: variants of an attack get their own.
         name = " ".join(part for part in label.split() if not part.startswith("eps="))
-        name += " (adaptive)" if entry["adaptive"] else ""
+        if entry["adaptive"]:
+            name += " (adaptive)"
+            adaptive.add(name)
         m = entry["at_fpr"][head]
-        # Under an adaptive attack the bare classifier's accuracy is not the figure of interest.
-        bare = float("nan") if entry["adaptive"] else m["bare_robust_accuracy"]
-        series.setdefault(name, []).append((entry["eps"], m["acc_rob"], bare))
+        series.setdefault(name, []).append((entry["eps"], m["acc_rob"], m["bare_robust_accuracy"]))
     series = {k: sorted(v) for k, v in series.items() if len(v) >= 2}
     if not series:
         return None
@@ -94,13 +95,15 @@ def plot_robust_accuracy(
     budgets = [p[0] for points in series.values() for p in points]
     on_grid = all(format_eps(e).endswith("/255") for e in budgets)  # colour-image budgets
     many = len(series) > 8
-    colours = plt.get_cmap("tab20").colors if many else [None] * len(series)
-    for (name, points), colour in zip(series.items(), colours * len(series), strict=False):
+    palette = plt.get_cmap("tab20").colors
+    for i, (name, points) in enumerate(series.items()):
         eps = [p[0] * 255 if on_grid else p[0] for p in points]
+        colour = palette[i % len(palette)] if many else None
         line = ax.plot(
             eps, [p[1] for p in points], marker="o", color=colour, label=f"{name}: guarded"
         )[0]
-        if all(p[2] != p[2] for p in points):  # adaptive: no bare-classifier line
+        # Under an adaptive attack the bare classifier's accuracy is not the figure of interest.
+        if name in adaptive:
             continue
         ax.plot(
             eps,
