@@ -163,6 +163,21 @@ def test_bad_inputs_fail_clearly() -> None:
         Reformer(1, **REFORMER_STYLES["pooled"])(torch.rand(1, 1, 7, 7))
 
 
+@pytest.mark.parametrize("style", sorted(REFORMER_STYLES))
+def test_every_style_rebuilds_colour_images_in_range(style: str) -> None:
+    torch.manual_seed(0)
+    net = Reformer(3, **REFORMER_STYLES[style]).eval()
+    x = torch.rand(2, 3, 8, 8)
+    out = net(x)
+    assert out.shape == x.shape
+    assert out.min() >= 0 and out.max() <= 1
+    out.sum().backward()
+    # A residual reformer starts at the identity (zero last convolution): only that layer has
+    # a gradient at first; every other style trains all its parameters from the first step.
+    trained = list(net.net[-1].parameters()) if net.residual else list(net.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+
+
 def test_config_round_trip() -> None:
     layer = DeTReformer(reformers(), first=2, voters=[0, 1], num_samples=3, eps=0.2, seed=4)
     twin = DeTReformer.from_config(layer.get_config())

@@ -388,7 +388,12 @@ def _add_train_reformers(train_sub: argparse._SubParsersAction) -> None:
         "--epochs 5 --cross-epochs 1 --noise 0.1 --out runs/reformers-mnist",
     )
     p.add_argument("--dataset", required=True, choices=["mnist", "cifar10", "gtsrb"])
-    p.add_argument("--styles", nargs="+", required=True, help="pooled, plain or wide, per reformer")
+    p.add_argument(
+        "--styles",
+        nargs="+",
+        required=True,
+        help="pooled, plain, wide, relu or relu-pooled, per reformer",
+    )
     p.add_argument("--epochs", type=int, default=5, help="plain denoising epochs")
     p.add_argument("--cross-epochs", type=int, default=1, help="cross-training epochs")
     p.add_argument("--noise", type=float, default=0.1, help="training noise std (l)")

@@ -39,7 +39,7 @@ __all__ = ["ReformerTrainingOptions", "cross_training_step", "train_reformers"]
 # Per style, a factor on the learning rate: the leaky-ReLU style collapsed to a constant image
 # at the sigmoid reformers' 1e-2 (with ReLUs and PyTorch's default initialisation); it trains at
 # a tenth of the rate, with He initialisation.
-_LR_SCALE = {"wide": 0.1}
+_LR_SCALE = {"wide": 0.1, "relu": 0.1, "relu-pooled": 0.1}
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class ReformerTrainingOptions:
         batch_size: images per batch.
         lr: Adam's learning rate (one optimiser per reformer; 1e-3 leaves the sigmoid
             autoencoders near the mean image after a few epochs, 1e-2 does not); the
-            leaky-ReLU ``"wide"`` style takes a tenth of it.
+            leaky-ReLU styles (``"wide"``, ``"relu"``, ``"relu-pooled"``) take a tenth of it.
         seed: seeds initial weights (reformer ``i`` with ``seed + i``), shuffling and noise.
     """
 
