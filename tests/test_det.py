@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -230,6 +231,33 @@ def test_training_is_seeded_and_resumable(tmp_path: Path) -> None:
     # same seed, same weights
     other = train_reformers(options, train, val, tmp_path / "c", progress=False, log=lambda s: None)
     assert other["history"][-1]["val_rebuild_error"] == full["history"][-1]["val_rebuild_error"]
+
+
+def test_cross_lr_sets_the_cross_epochs_rate_and_may_change_before_them(tmp_path: Path) -> None:
+    from guardnet.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    train, val = torch.rand(32, 1, 8, 8), torch.rand(8, 1, 8, 8)
+    quiet = {"progress": False, "log": lambda s: None}
+    plain = ReformerTrainingOptions(
+        dataset="toy", styles=("plain", "wide"), epochs=1, cross_epochs=0, batch_size=16
+    )
+    train_reformers(plain, train, val, tmp_path / "run", **quiet)
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    assert [o["param_groups"][0]["lr"] for o in state["optimizers"]] == [1e-2, 1e-3]
+    # the plain epoch is done, so the cross settings may still change on resume
+    crossed = dataclasses.replace(plain, cross_epochs=1, cross_lr=1e-3)
+    result = train_reformers(crossed, train, val, tmp_path / "run", resume=True, **quiet)
+    assert [h["phase"] for h in result["history"]] == ["plain", "cross"]
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    assert [o["param_groups"][0]["lr"] for o in state["optimizers"]] == [1e-3, 1e-4]
+    # ... but not once a cross epoch has run
+    with pytest.raises(ValueError, match="other options"):
+        train_reformers(
+            dataclasses.replace(crossed, cross_epochs=2, cross_lr=1e-2),
+            train, val, tmp_path / "run", resume=True, **quiet,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="cross_lr"):
+        ReformerTrainingOptions(dataset="toy", styles=("plain",), cross_lr=0.0)
 
 
 def test_ship_writes_the_chosen_reformers_in_order(tmp_path: Path) -> None:

@@ -399,6 +399,9 @@ def _add_train_reformers(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", type=float, default=0.1, help="training noise std (l)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument(
+        "--cross-lr", type=float, default=None, help="learning rate of the cross epochs (--lr)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-limit", type=int, default=None, help="training images (seeded subset)")
     p.add_argument("--val-limit", type=int, default=1000, help="validation images for the error")
@@ -426,6 +429,7 @@ def _train_reformers(args: argparse.Namespace, command: str) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        cross_lr=args.cross_lr,
     )
     train = load_split(args.dataset, "train", limit=args.train_limit).images
     val = load_split(args.dataset, "val", limit=args.val_limit).images
