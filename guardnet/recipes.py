@@ -224,6 +224,15 @@ register_guard(
 )
 register_guard(
     GuardRecipe(
+        name="cifar10-det",
+        dataset="cifar10",
+        classifier="resnet20-cifar10jpeg-ft",
+        layers=({"type": "det", "weights": "det-cifar10"},),
+        description="DeT (det-cifar10) corrects resnet20-cifar10jpeg-ft's labels",
+    )
+)
+register_guard(
+    GuardRecipe(
         name="mnist-mixdefense-det",
         dataset="mnist",
         classifier="mnist-cnn",

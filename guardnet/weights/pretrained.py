@@ -201,6 +201,22 @@ register_pretrained(
 )
 register_pretrained(
     PretrainedEntry(
+        name="det-cifar10",
+        hub_id="guardnet/det-cifar10",
+        revision=None,
+        config_sha256="9213a7d1b0cdc82fa8ac2c3b72cc043b0c5a597a9e64789a2b7edfb58285ca8c",
+        weights_sha256="1f71196d84d892b4a5cdb4abfe0b38be7e7b2d24484fc552d71984f7290f4771",
+        dataset="cifar10",
+        architecture="ReformerSet",
+        license="Apache-2.0",
+        description=(
+            "DeT reformers for CIFAR-10 (JPEG q75; R0 and a Reformer List of three), "
+            "trained by guardnet."
+        ),
+    )
+)
+register_pretrained(
+    PretrainedEntry(
         name="mnist-cnn",
         hub_id="guardnet/mnist-cnn",
         revision=None,
