@@ -204,7 +204,7 @@ register_pretrained(
         name="det-cifar10",
         hub_id="guardnet/det-cifar10",
         revision=None,
-        config_sha256="d2a59ff9b47f2fa08b6ddced97a13bbbf12330a1e48bf6972d6d594ab69ad6f1",
+        config_sha256="62a8ba3c6aa66dc24b353163e5ee7f20d933675461987556d1d4503bbfd95667",
         weights_sha256="1f71196d84d892b4a5cdb4abfe0b38be7e7b2d24484fc552d71984f7290f4771",
         dataset="cifar10",
         architecture="ReformerSet",
