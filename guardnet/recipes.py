@@ -213,24 +213,16 @@ register_guard(
         description="A2D (a2d-mnist: BIM_d, JSMA_d) after mnist-cnn",
     )
 )
-register_guard(
-    GuardRecipe(
-        name="mnist-det",
-        dataset="mnist",
-        classifier="mnist-cnn",
-        layers=({"type": "det", "weights": "det-mnist"},),
-        description="DeT (det-mnist) corrects mnist-cnn's labels",
+for _dataset, _classifier in (("mnist", "mnist-cnn"), ("cifar10", "resnet20-cifar10jpeg-ft")):
+    register_guard(
+        GuardRecipe(
+            name=f"{_dataset}-det",
+            dataset=_dataset,
+            classifier=_classifier,
+            layers=({"type": "det", "weights": f"det-{_dataset}"},),
+            description=f"DeT (det-{_dataset}) corrects {_classifier}'s labels",
+        )
     )
-)
-register_guard(
-    GuardRecipe(
-        name="cifar10-det",
-        dataset="cifar10",
-        classifier="resnet20-cifar10jpeg-ft",
-        layers=({"type": "det", "weights": "det-cifar10"},),
-        description="DeT (det-cifar10) corrects resnet20-cifar10jpeg-ft's labels",
-    )
-)
 register_guard(
     GuardRecipe(
         name="mnist-mixdefense-det",
